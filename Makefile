@@ -1,0 +1,32 @@
+# The two commands of the README are `make demo` and `make test`; both install first (seconds when
+# the environment in .venv/ is already up to date).
+PY := .venv/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-slow lint format lock clean
+
+install:
+	@bash tools/install.sh
+
+demo: install
+	$(PY) tools/demo_train.py --output-dir output/demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(PY) -m ruff check hieradet tools tests configs projects
+	$(PY) -m ruff format --check hieradet tools tests configs projects
+
+format: install
+	$(PY) -m ruff check --fix hieradet tools tests configs projects
+	$(PY) -m ruff format hieradet tools tests configs projects
+
+lock:
+	bash requirements/lock.sh
+
+clean:
+	rm -rf .venv output

@@ -1,0 +1,18 @@
+"""Backbones, their building blocks and the detectron2 registry entries."""
+
+from .attention import Attention, Block, rel_pos_bias, window_partition, window_unpartition
+from .hieradet import HIERA_SIZES, HieraDet, default_global_blocks, hieradet_kwargs
+from .pos_embed import AbsWinPosEmbed
+
+__all__ = [
+    "AbsWinPosEmbed",
+    "Attention",
+    "Block",
+    "HieraDet",
+    "HIERA_SIZES",
+    "default_global_blocks",
+    "hieradet_kwargs",
+    "rel_pos_bias",
+    "window_partition",
+    "window_unpartition",
+]

@@ -1,0 +1,317 @@
+"""Attention and transformer blocks shared by every backbone (HieraDet, ViT, HiViT).
+
+Everything works on BHWC tensors. A block may change the width (``dim -> dim_out``) and pool its
+queries (``q_stride``), which is how Hiera moves from one stage to the next; a block may attend inside
+``window_size`` x ``window_size`` windows (padding the map when it is not a multiple) or globally
+(``window_size=0``); and it may add decomposed relative position embeddings (MViTv2 / ViTDet
+formulation) to its attention logits.
+"""
+
+from functools import partial
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "Mlp",
+    "Attention",
+    "Block",
+    "DropPath",
+    "window_partition",
+    "window_unpartition",
+    "rel_pos_lookup",
+    "rel_pos_bias",
+    "pool_hw",
+    "LayerNorm",
+    "PatchEmbed",
+    "init_weights",
+    "RELPOS_MODES",
+]
+
+RELPOS_MODES = ("global", "all", "none")
+
+# All references use LayerNorm with eps 1e-6.
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP (``fc1``/``fc2``, the key names of official Hiera, MAE and detectron2's ViT)."""
+
+    def __init__(self, dim: int, hidden_dim: int, out_dim: Optional[int] = None, act_layer=nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Max-pool a BHWC map by ``stride`` (ceil mode: an odd edge keeps its last row/column)."""
+    if stride == 1:
+        return x
+    x = F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride, ceil_mode=True)
+    return x.permute(0, 2, 3, 1)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Split a BHWC map into (B * num_windows, ws, ws, C) windows, zero-padding bottom/right.
+
+    Returns the windows and the padded size (Hp, Wp).
+    """
+    B, H, W, C = x.shape
+    pad_h, pad_w = (-H) % window_size, (-W) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C), (Hp, Wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, pad_hw: Tuple[int, int], hw: Tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: reassemble windows and crop the padding away."""
+    Hp, Wp = pad_hw
+    H, W = hw
+    nh, nw = Hp // window_size, Wp // window_size
+    B = windows.shape[0] // (nh * nw)
+    x = windows.view(B, nh, nw, window_size, window_size, -1).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(B, Hp, Wp, -1)
+    if Hp > H or Wp > W:
+        x = x[:, :H, :W, :].contiguous()
+    return x
+
+
+def rel_pos_lookup(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tensor:
+    """Gather relative position embeddings for every (query, key) pair along one axis.
+
+    ``table`` holds one embedding per relative distance, (L, C). Query and key coordinates are put on
+    a common scale when their resolutions differ (pooled queries), and the table is linearly resized
+    when L does not match the ``2 * max(q_size, k_size) - 1`` distances this pair needs.
+    Returns (q_size, k_size, C).
+    """
+    num_dist = 2 * max(q_size, k_size) - 1
+    if table.shape[0] != num_dist:
+        table = F.interpolate(table.t().unsqueeze(0), size=num_dist, mode="linear").squeeze(0).t()
+    q_scale = max(k_size / q_size, 1.0)
+    k_scale = max(q_size / k_size, 1.0)
+    q_coords = torch.arange(q_size, device=table.device)[:, None] * q_scale
+    k_coords = torch.arange(k_size, device=table.device)[None, :] * k_scale
+    # shift so that the most negative distance, -(k_size - 1) * k_scale, indexes entry 0
+    idx = (q_coords - k_coords) + (k_size - 1) * k_scale
+    return table[idx.long()]
+
+
+def rel_pos_bias(
+    q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, q_hw: Tuple[int, int], k_hw: Tuple[int, int]
+) -> torch.Tensor:
+    """Decomposed relative position bias for the attention logits.
+
+    Args:
+        q: unscaled queries (B, heads, qh * qw, head_dim).
+        table_h, table_w: relative position tables, (Lh, head_dim) and (Lw, head_dim).
+    Returns:
+        (B, heads, qh * qw, kh * kw) bias: ``q . R_h[qy, ky] + q . R_w[qx, kx]``.
+    """
+    (qh, qw), (kh, kw) = q_hw, k_hw
+    Rh = rel_pos_lookup(qh, kh, table_h)
+    Rw = rel_pos_lookup(qw, kw, table_w)
+    B, nh, _, hd = q.shape
+    r_q = q.reshape(B, nh, qh, qw, hd)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
+    bias = bias_h[..., :, None] + bias_w[..., None, :]
+    return bias.reshape(B, nh, qh * qw, kh * kw)
+
+
+class Attention(nn.Module):
+    """Multi-head attention on a BHWC map, with optional query pooling and relative position bias.
+
+    Args:
+        dim (int): input channels.
+        dim_out (int): output channels (qkv projects ``dim -> 3 * dim_out``, as in Hiera).
+        num_heads (int): heads.
+        qkv_bias (bool): bias in the qkv projection.
+        q_stride (int): max-pool stride for the queries (1: none). The output map is pooled accordingly.
+        use_rel_pos (bool): add decomposed relative position embeddings.
+        rel_pos_size (tuple): the key grid the tables are sized for (the window, or the whole map of a
+            global block at the configured image size); other sizes resize the tables linearly.
+        rel_pos_zero_init (bool): zero-initialise the tables (so a new relpos starts as a no-op).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        q_stride: int = 1,
+        use_rel_pos: bool = False,
+        rel_pos_size: Optional[Tuple[int, int]] = None,
+        rel_pos_zero_init: bool = True,
+    ):
+        super().__init__()
+        if dim_out % num_heads:
+            raise ValueError(f"dim_out={dim_out} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim_out // num_heads
+        self.q_stride = q_stride
+        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if rel_pos_size is None:
+                raise ValueError("use_rel_pos=True needs rel_pos_size (the key grid the tables cover)")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
+            if not rel_pos_zero_init:
+                nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
+                nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, hd)
+        qh, qw = H, W
+        if self.q_stride > 1:
+            q = q.transpose(1, 2).reshape(B, H, W, -1)
+            q = pool_hw(q, self.q_stride)
+            qh, qw = q.shape[1:3]
+            q = q.reshape(B, qh * qw, self.num_heads, self.head_dim).transpose(1, 2)
+        bias = None
+        if self.use_rel_pos:
+            bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = x.transpose(1, 2).reshape(B, qh, qw, -1)
+        return self.proj(x)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on BHWC maps (Hiera's and ViT's block are both this).
+
+    When ``dim != dim_out`` the shortcut is projected (``proj``, Hiera's key name) and pooled by
+    ``q_stride`` so that it matches the pooled attention output. Windowed blocks partition the map
+    *after* ``norm1`` and attend inside each window; with query pooling a ws x ws window becomes a
+    (ws / q_stride) window of the output map.
+
+    Args:
+        dim, dim_out, num_heads, qkv_bias, q_stride: as in :class:`Attention`.
+        mlp_ratio (float): MLP hidden width relative to ``dim_out``.
+        drop_path (float): stochastic depth rate.
+        window_size (int): 0 for global attention, else the window side in input tokens.
+        use_rel_pos, rel_pos_size, rel_pos_zero_init: as in :class:`Attention`.
+        norm_layer, act_layer: layer constructors.
+        use_act_checkpoint (bool): recompute this block in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        q_stride: int = 1,
+        window_size: int = 0,
+        use_rel_pos: bool = False,
+        rel_pos_size: Optional[Tuple[int, int]] = None,
+        rel_pos_zero_init: bool = True,
+        norm_layer=LayerNorm,
+        act_layer=nn.GELU,
+        use_act_checkpoint: bool = False,
+    ):
+        super().__init__()
+        if window_size < 0:
+            raise ValueError(f"window_size must be >= 0 (0 = global attention), got {window_size}")
+        if window_size and q_stride > 1 and window_size % q_stride:
+            raise ValueError(f"window_size={window_size} must be a multiple of q_stride={q_stride}")
+        self.dim, self.dim_out = dim, dim_out
+        self.window_size = window_size
+        self.q_stride = q_stride
+        self.use_act_checkpoint = use_act_checkpoint
+        self.norm1 = norm_layer(dim)
+        if use_rel_pos and rel_pos_size is None and window_size:
+            rel_pos_size = (window_size, window_size)
+        self.attn = Attention(
+            dim,
+            dim_out,
+            num_heads,
+            qkv_bias=qkv_bias,
+            q_stride=q_stride,
+            use_rel_pos=use_rel_pos,
+            rel_pos_size=rel_pos_size,
+            rel_pos_zero_init=rel_pos_zero_init,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim_out)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=act_layer)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.proj is not None:
+            shortcut = pool_hw(self.proj(x), self.q_stride)
+        elif self.q_stride > 1:
+            shortcut = pool_hw(shortcut, self.q_stride)
+        H, W = x.shape[1:3]
+        if self.window_size:
+            x, pad_hw = window_partition(x, self.window_size)
+        x = self.attn(x)
+        if self.window_size:
+            ws = self.window_size // self.q_stride
+            Hp, Wp = pad_hw[0] // self.q_stride, pad_hw[1] // self.q_stride
+            x = window_unpartition(x, ws, (Hp, Wp), shortcut.shape[1:3])
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_act_checkpoint and self.training and x.requires_grad:
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class PatchEmbed(nn.Module):
+    """Stem convolution returning BHWC (``patch_embed.proj``, the key of official Hiera and MAE)."""
+
+    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, padding: int = 0):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=kernel, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+def init_weights(m: nn.Module) -> None:
+    """Truncated-normal (std 0.02) linear weights, zero biases, unit LayerNorms (ViT / Hiera init)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

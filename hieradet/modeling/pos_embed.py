@@ -1,0 +1,139 @@
+"""Absolute position embeddings for window-attention backbones ("absolute win").
+
+An embedding is described by two learned grids, either of which may be absent:
+
+* ``window_embed`` (1, C, wh, ww): *tiled* over the feature map, top-left aligned, cropped at the
+  bottom/right edges. It is aligned with window attention by construction.
+* ``global_embed`` (1, C, gh, gw): *interpolated* (bicubic) to the feature map.
+
+``pretrain_size`` is the token grid the model was pretrained on (Hiera: 56x56 at 224 px, ViT: 14x14).
+The *pretrain embedding* is ``tile(window_embed) + interpolate(global_embed)`` at that size; this is
+the embedding every pretrained window saw. How it is brought to a feature map of another size is the
+``mode``:
+
+``"abswin"`` (default, the paper's detection method, applied recursively)
+    the pretrain embedding itself becomes a window embedding and is tiled over the map. With HieraDet's
+    stage-3/4 windows (14 at stride 16, 7 at stride 32, i.e. 224 px) every detection window covers
+    exactly one pretrain-size tile and so sees the embedding it was pretrained with.
+``"abswin_single"``
+    one level only: ``window_embed`` tiled and ``global_embed`` interpolated straight to the map
+    (what Hiera-abs-win classification, timm and SAM 2 do).
+``"interpolate"``
+    the bugged baseline: the pretrain embedding is bicubic-interpolated to the map (Hiera, ViTDet).
+
+An original Hiera (a full 56x56 grid) or an MAE ViT (its 14x14 grid) is expressed as
+``window_size=pretrain_size, global_size=None``: the grid is the tile.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AbsWinPosEmbed", "tile_embed", "interpolate_embed", "POS_EMBED_MODES"]
+
+POS_EMBED_MODES = ("abswin", "abswin_single", "interpolate")
+
+
+def _pair(x) -> Optional[Tuple[int, int]]:
+    if x is None:
+        return None
+    if isinstance(x, int):
+        return (x, x)
+    return (int(x[0]), int(x[1]))
+
+
+def tile_embed(embed: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """Repeat a (1, C, h, w) grid over an ``hw`` map from the top-left corner, cropping the rest."""
+    h, w = embed.shape[-2:]
+    reps = (-(-hw[0] // h), -(-hw[1] // w))
+    if reps != (1, 1):
+        embed = embed.tile(1, 1, reps[0], reps[1])
+    return embed[:, :, : hw[0], : hw[1]]
+
+
+def interpolate_embed(embed: torch.Tensor, hw: Tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Bicubic resize of a (1, C, h, w) grid to ``hw`` (identity when the size already matches)."""
+    if tuple(embed.shape[-2:]) == tuple(hw):
+        return embed
+    return F.interpolate(embed, size=hw, mode="bicubic", align_corners=False, antialias=antialias)
+
+
+class AbsWinPosEmbed(nn.Module):
+    """Learned absolute position embedding made of a tiled window grid and an interpolated global grid.
+
+    Args:
+        dim (int): channels.
+        pretrain_size (int or tuple): token grid of the pretraining resolution.
+        window_size (int or tuple or None): size of the tiled ``window_embed``; ``None`` for none.
+        global_size (int or tuple or None): size of the interpolated ``global_embed``; ``None`` for none.
+        mode (str): one of ``"abswin"``, ``"abswin_single"``, ``"interpolate"`` (see the module doc).
+        antialias (bool): antialiased bicubic for ``global_embed`` when it is downsampled. timm's
+            abs-win Hiera uses ``True``, SAM 2 and the original models ``False`` (our default); the two
+            differ numerically, so a checkpoint should be run in the mode it was trained with.
+        init_std (float): std of the truncated-normal init (0 gives zeros, as SAM 2 does).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        pretrain_size,
+        window_size=None,
+        global_size=None,
+        mode: str = "abswin",
+        antialias: bool = False,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        if mode not in POS_EMBED_MODES:
+            raise ValueError(f"pos_embed mode must be one of {POS_EMBED_MODES}, got {mode!r}")
+        self.pretrain_size = _pair(pretrain_size)
+        window_size, global_size = _pair(window_size), _pair(global_size)
+        if window_size is None and global_size is None:
+            raise ValueError("AbsWinPosEmbed needs a window_size, a global_size, or both")
+        for name, size in (
+            ("pretrain_size", self.pretrain_size),
+            ("window_size", window_size),
+            ("global_size", global_size),
+        ):
+            if size is not None and min(size) <= 0:
+                raise ValueError(f"{name} must be positive, got {size}")
+        self.mode = mode
+        self.antialias = antialias
+        self.window_embed = nn.Parameter(torch.zeros(1, dim, *window_size)) if window_size else None
+        self.global_embed = nn.Parameter(torch.zeros(1, dim, *global_size)) if global_size else None
+        for p in (self.window_embed, self.global_embed):
+            if p is not None and init_std > 0:
+                nn.init.trunc_normal_(p, std=init_std)
+
+    def _single_level(self, hw: Tuple[int, int]) -> torch.Tensor:
+        out = 0
+        if self.window_embed is not None:
+            out = tile_embed(self.window_embed, hw)
+        if self.global_embed is not None:
+            out = out + interpolate_embed(self.global_embed, hw, self.antialias)
+        return out
+
+    def pretrain_embed(self) -> torch.Tensor:
+        """The (1, C, h, w) embedding at the pretraining grid size."""
+        return self._single_level(self.pretrain_size)
+
+    def forward(self, hw: Tuple[int, int]) -> torch.Tensor:
+        """Returns the embedding for an ``hw`` feature map as (1, h, w, C) (BHWC, ready to add)."""
+        hw = (int(hw[0]), int(hw[1]))
+        if self.mode == "abswin_single":
+            embed = self._single_level(hw)
+        elif self.mode == "abswin":
+            embed = tile_embed(self.pretrain_embed(), hw)
+        else:
+            embed = interpolate_embed(self.pretrain_embed(), hw)
+        return embed.permute(0, 2, 3, 1)
+
+    def extra_repr(self) -> str:
+        win = None if self.window_embed is None else tuple(self.window_embed.shape[-2:])
+        glb = None if self.global_embed is None else tuple(self.global_embed.shape[-2:])
+        return (
+            f"mode={self.mode}, pretrain_size={self.pretrain_size}, window={win}, global={glb}, "
+            f"antialias={self.antialias}"
+        )
