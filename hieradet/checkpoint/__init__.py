@@ -1,5 +1,47 @@
-"""Converting pretrained checkpoints into the detection backbones' state dicts."""
+"""Converting pretrained checkpoints into the detection backbones' state dicts, and loading them.
 
-from .convert import grid_from_tokens, official_hiera_to_hieradet, vit_to_abswin_vit
+* :func:`convert_state_dict` turns an MAE ViT, official / timm Hiera, timm abs-win Hiera or SAM 2
+  checkpoint into backbone weights (:class:`ConversionResult`); :func:`build_converted_checkpoint`
+  makes the file ``tools/convert_checkpoint.py`` writes (full model keys + ``__hieradet__`` metadata).
+* :class:`HieraDetCheckpointer` loads such a file (or a raw pretrained one) into a detectron2 model and
+  refuses backbone weights that do not fit, instead of skipping them.
+"""
 
-__all__ = ["grid_from_tokens", "official_hiera_to_hieradet", "vit_to_abswin_vit"]
+from .checkpointer import HieraDetCheckpointer, check_backbone_state_dict, find_backbones, load_backbone_checkpoint
+from .convert import (
+    METADATA_KEY,
+    SOURCE_FORMATS,
+    ConversionResult,
+    build_converted_checkpoint,
+    config_overrides,
+    convert_state_dict,
+    default_prefix,
+    detect_format,
+    grid_from_tokens,
+    official_hiera_to_hieradet,
+    summarize,
+    vit_to_abswin_vit,
+)
+from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
+
+__all__ = [
+    "CheckpointError",
+    "ConversionResult",
+    "HieraDetCheckpointer",
+    "METADATA_KEY",
+    "SOURCE_FORMATS",
+    "build_converted_checkpoint",
+    "check_backbone_state_dict",
+    "config_overrides",
+    "convert_state_dict",
+    "default_prefix",
+    "detect_format",
+    "find_backbones",
+    "grid_from_tokens",
+    "load_backbone_checkpoint",
+    "load_checkpoint_file",
+    "official_hiera_to_hieradet",
+    "summarize",
+    "unwrap_state_dict",
+    "vit_to_abswin_vit",
+]

@@ -1,0 +1,9 @@
+"""Paper 001 Tab. 3 ablation, ViTDet-L: relpos in none blocks, position embedding abswin.
+
+Paper result (COCO box / mask): 55.0 / 49.1.
+"""
+
+from ..mask_rcnn_vitdet_l_100ep import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.net.relpos = "none"
+model.backbone.net.pos_embed = "abswin"

@@ -1,0 +1,6 @@
+"""Cascade Mask R-CNN version of ``mask_rcnn_vitdet_h_75ep.py`` (same backbone, optimizer and schedule)."""
+
+from ..common.models.cascade import make_cascade
+from .mask_rcnn_vitdet_h_75ep import dataloader, lr_multiplier, model, optimizer, train
+
+make_cascade(model)

@@ -1,0 +1,6 @@
+"""Cascade Mask R-CNN version of ``mask_rcnn_vitdet_h_100ep.py`` (LVIS v1)."""
+
+from ..common.models.cascade import make_cascade
+from .mask_rcnn_vitdet_h_100ep import dataloader, lr_multiplier, model, optimizer, train
+
+make_cascade(model)

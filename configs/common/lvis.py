@@ -1,0 +1,38 @@
+"""Turns a COCO LazyConfig into its LVIS v1 variant, as ViTDet trains on LVIS.
+
+Repeat-factor sampling (threshold 0.001), 1203 classes with sigmoid cross-entropy and the federated
+loss (class weights ``image_count ** 0.5``), score threshold 0.02 and up to 300 detections per image,
+evaluated by the LVIS evaluator with 300 detections per image. Apply it before ``make_cascade``: the
+cascade predictors copy these settings.
+"""
+
+from detectron2.config import LazyCall as L
+from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+from hieradet.engine import FedLossClassWeights
+from hieradet.evaluation import LVISEvaluator
+
+LVIS_NUM_CLASSES = 1203
+
+
+def make_lvis(model, dataloader, train_names="lvis_v1_train", test_names="lvis_v1_val"):
+    """Edits a Mask R-CNN ``model`` and COCO ``dataloader`` LazyConfig in place for LVIS."""
+    dataloader.train.dataset.names = train_names
+    dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
+        repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
+            dataset_dicts="${dataloader.train.dataset}", repeat_thresh=0.001
+        )
+    )
+    dataloader.test.dataset.names = test_names
+    dataloader.evaluator = L(LVISEvaluator)(dataset_name="${..test.dataset.names}", max_dets_per_image=300)
+
+    model.roi_heads.num_classes = LVIS_NUM_CLASSES
+    predictor = model.roi_heads.box_predictor
+    predictor.test_score_thresh = 0.02
+    predictor.test_topk_per_image = 300
+    predictor.use_sigmoid_ce = True
+    predictor.use_fed_loss = True
+    predictor.get_fed_loss_cls_weights = L(FedLossClassWeights)(
+        dataset_names="${dataloader.train.dataset.names}", freq_weight_power=0.5
+    )
+    return model, dataloader

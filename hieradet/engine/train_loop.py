@@ -1,0 +1,141 @@
+"""``do_train`` / ``do_test``: the LazyConfig training and evaluation loop.
+
+A config provides ``model``, ``optimizer`` (whose ``params.model`` is filled in here),
+``lr_multiplier``, ``dataloader.{train,test,evaluator}`` and ``train`` (``output_dir``,
+``init_checkpoint``, ``max_iter``, ``amp``, ``ddp``, ``checkpointer``, ``eval_period``,
+``log_period``, ``device``), as detectron2's ``common/train.py`` defines it.
+"""
+
+import logging
+from typing import Dict, Optional
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from hieradet.checkpoint import HieraDetCheckpointer
+
+from .datasets import check_datasets, config_dataset_names
+
+__all__ = ["build_model", "do_test", "do_train", "load_for_eval"]
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED_TRAIN_KEYS = ("output_dir", "init_checkpoint", "max_iter", "device")
+
+
+def _check_device(cfg) -> str:
+    device = str(cfg.train.get("device", "cuda"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"train.device={device!r} but CUDA is not available on this machine; add `train.device=cpu` to the "
+            "command line (CPU runs are for debugging: use small models and images)"
+        )
+    return device
+
+
+def build_model(cfg) -> torch.nn.Module:
+    """Instantiates ``cfg.model`` on ``cfg.train.device``."""
+    device = _check_device(cfg)
+    model = instantiate(cfg.model)
+    return model.to(device)
+
+
+def do_test(cfg, model) -> Dict[str, Dict[str, float]]:
+    """Runs ``cfg.dataloader.test`` through ``model`` and ``cfg.dataloader.evaluator``.
+
+    Returns the evaluator's results (e.g. ``{"bbox": {"AP": ...}, "segm": {...}}``), or ``{}`` when
+    the config has no evaluator.
+    """
+    if "evaluator" not in cfg.dataloader or cfg.dataloader.evaluator is None:
+        logger.warning("config has no dataloader.evaluator; skipping evaluation")
+        return {}
+    check_datasets(config_dataset_names(cfg, splits=("test",)))
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+    return results or {}
+
+
+def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
+    """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (evaluating every ``eval_period``).
+
+    Args:
+        cfg: a loaded LazyConfig.
+        resume (bool): continue from the last checkpoint in ``train.output_dir`` (iteration, optimizer,
+            scheduler and weights) if there is one; otherwise load ``train.init_checkpoint``.
+
+    Returns:
+        The results of the last evaluation (``{}`` if none ran).
+    """
+    missing = [k for k in _REQUIRED_TRAIN_KEYS if k not in cfg.train]
+    if missing:
+        raise KeyError(f"config `train` lacks {missing}; start from detectron2's common/train.py")
+    if cfg.train.max_iter <= 0:
+        raise ValueError(f"train.max_iter must be positive, got {cfg.train.max_iter}")
+    check_datasets(config_dataset_names(cfg))
+    model = build_model(cfg)
+    logger.info("Model:\n%s", model)
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    use_amp = bool(cfg.train.amp.enabled)
+    if use_amp and not str(cfg.train.device).startswith("cuda"):
+        logger.warning("train.amp.enabled=True needs CUDA; training on %s in fp32 instead", cfg.train.device)
+        use_amp = False
+    trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = HieraDetCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+
+    last_results: Dict[str, Dict[str, float]] = {}
+
+    def evaluate() -> Dict[str, Dict[str, float]]:
+        last_results.clear()
+        last_results.update(do_test(cfg, model))
+        return last_results
+
+    main = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if main
+            else None,
+        ]
+    )
+    if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
+        logger.warning(
+            "train.init_checkpoint is empty: the backbone starts from random weights. The papers' recipes fine-tune "
+            "a pretrained backbone (convert one with tools/convert_checkpoint.py)."
+        )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    if start_iter >= cfg.train.max_iter:
+        logger.info("checkpoint is at iteration %d >= train.max_iter=%d: no training", start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except ModuleNotFoundError as e:
+        if e.name != "shapely":
+            raise
+        raise ImportError(
+            "cropping polygon masks (LSJ's FixedSizeCrop) needs the `shapely` package, which is not installed: "
+            "`pip install shapely`, or give the dataset RLE masks and set "
+            "dataloader.train.mapper.instance_mask_format=bitmask"
+        ) from e
+    return dict(last_results)
+
+
+def load_for_eval(cfg, model: Optional[torch.nn.Module] = None) -> torch.nn.Module:
+    """Builds the model (unless given) and loads ``train.init_checkpoint`` into it for evaluation."""
+    if model is None:
+        model = build_model(cfg)
+    model = create_ddp_model(model)
+    HieraDetCheckpointer(model).load(cfg.train.init_checkpoint)
+    return model
