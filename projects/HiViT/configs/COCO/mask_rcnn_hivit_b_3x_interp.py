@@ -1,0 +1,8 @@
+"""The HiViT authors' own detection backbone, for comparison with ``mask_rcnn_hivit_b_3x.py``: the pretrained
+14x14 embedding bicubic-interpolated to the whole map (the bug of the abs-win paper) and no relative position
+embeddings; everything else identical."""
+
+from .mask_rcnn_hivit_b_3x import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.bottom_up.pos_embed = "interpolate"
+model.backbone.bottom_up.relpos = "none"

@@ -1,0 +1,7 @@
+"""Mask R-CNN, HiViT-L (abs-win), COCO, 3x: ``mask_rcnn_hivit_b_3x.py`` with the L backbone of Tab. 7."""
+
+from hieradet.modeling.hivit import hivit_kwargs
+
+from .mask_rcnn_hivit_b_3x import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.bottom_up.update(hivit_kwargs("L"))  # drop path 0.4, global blocks from the size's depth

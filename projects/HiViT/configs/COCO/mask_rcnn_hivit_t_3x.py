@@ -1,0 +1,7 @@
+"""Mask R-CNN, HiViT-T (abs-win), COCO, 3x: ``mask_rcnn_hivit_b_3x.py`` with the T backbone of Tab. 7."""
+
+from hieradet.modeling.hivit import hivit_kwargs
+
+from .mask_rcnn_hivit_b_3x import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.bottom_up.update(hivit_kwargs("T"))  # drop path 0.1, global blocks from the size's depth

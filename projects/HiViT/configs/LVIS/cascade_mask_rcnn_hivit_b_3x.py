@@ -1,0 +1,6 @@
+"""Cascade Mask R-CNN version of ``mask_rcnn_hivit_b_3x.py`` (LVIS v1)."""
+
+from .....configs.common.models.cascade import make_cascade
+from .mask_rcnn_hivit_b_3x import dataloader, lr_multiplier, model, optimizer, train
+
+make_cascade(model)

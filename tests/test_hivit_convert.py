@@ -1,0 +1,296 @@
+"""Official HiViT checkpoints -> HiViT: key layout, numerical equivalence, errors.
+
+The official implementation (github zhangxiaosong18/hivit) is not installable, so the test builds checkpoints in its
+key layout itself and checks the converted backbone against ``_official_forward``: a small functional model of the
+official data flow written here from the paper and the official key/shape layout. It keeps the official token
+layout, (B, N, 4, 4, C) tokens (N = 16 px patches, 4x4 stride-4 positions inside each) in the stem and (B, N, C) in
+the main stage, so it checks our BHWC re-arrangement, the merge order and the position-embedding grid.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hieradet.checkpoint.hivit import (
+    HIVIT_PREFIX,
+    build_hivit_checkpoint,
+    load_official_hivit,
+    official_hivit_layout,
+    official_hivit_to_hivit,
+)
+from hieradet.checkpoint.io import CheckpointError
+from hieradet.modeling.hivit import HiViT
+
+DIM, DEPTHS, HEADS = 64, (1, 1, 3), 2  # main width 64: stem 16 and 32
+
+
+def _official_state_dict(dim=DIM, depths=DEPTHS, heads=HEADS, grid=14, rpe=True, classifier=True, mae=False, seed=0):
+    """Random weights under the official HiViT key names and shapes (one stem block = two MLP blocks)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=0.1):
+        return torch.randn(*shape, generator=g) * scale
+
+    def ln(prefix, c):
+        return {f"{prefix}.weight": 1 + rnd(c), f"{prefix}.bias": rnd(c)}
+
+    def mlp(prefix, c, ratio):
+        h = int(c * ratio)
+        return {
+            f"{prefix}.fc1.weight": rnd(h, c),
+            f"{prefix}.fc1.bias": rnd(h),
+            f"{prefix}.fc2.weight": rnd(c, h),
+            f"{prefix}.fc2.bias": rnd(c),
+        }
+
+    c = dim // 4
+    sd = {"patch_embed.proj.weight": rnd(c, 3, 4, 4), "patch_embed.proj.bias": rnd(c)}
+    sd.update(ln("patch_embed.norm", c))
+    sd["absolute_pos_embed"] = rnd(1, grid * grid, dim, scale=0.5)
+    i = 0
+    for stage in range(2):
+        for _ in range(2 * depths[stage]):
+            sd.update(ln(f"blocks.{i}.norm2", c))
+            sd.update(mlp(f"blocks.{i}.mlp", c, 3.0))
+            i += 1
+        sd.update(ln(f"blocks.{i}.norm", 4 * c))
+        sd[f"blocks.{i}.reduction.weight"] = rnd(2 * c, 4 * c)
+        i += 1
+        c *= 2
+    for _ in range(depths[2]):
+        sd.update(ln(f"blocks.{i}.norm1", dim))
+        sd[f"blocks.{i}.attn.qkv.weight"] = rnd(3 * dim, dim)
+        sd[f"blocks.{i}.attn.qkv.bias"] = rnd(3 * dim)
+        sd[f"blocks.{i}.attn.proj.weight"] = rnd(dim, dim)
+        sd[f"blocks.{i}.attn.proj.bias"] = rnd(dim)
+        if rpe:
+            sd[f"blocks.{i}.attn.relative_position_bias_table"] = rnd((2 * grid - 1) ** 2, heads)
+            sd[f"blocks.{i}.attn.relative_position_index"] = torch.zeros(grid**2, grid**2, dtype=torch.long)
+        sd.update(ln(f"blocks.{i}.norm2", dim))
+        sd.update(mlp(f"blocks.{i}.mlp", dim, 4.0))
+        i += 1
+    if classifier:
+        sd.update(ln("fc_norm", dim))
+        sd["head.weight"], sd["head.bias"] = rnd(1000, dim), rnd(1000)
+    if mae:  # encoder norm over the 7C "hifeat" features, decoder, mask token
+        sd.update(ln("norm", 7 * dim))
+        sd["mask_token"] = rnd(1, 1, 32)
+        sd["decoder_embed.weight"], sd["decoder_embed.bias"] = rnd(32, 7 * dim), rnd(32)
+        sd["decoder_pos_embed"] = rnd(1, grid * grid, 32)
+        sd.update(ln("decoder_blocks.0.norm1", 32))
+        sd["decoder_pred.weight"] = rnd(16 * 16 * 3, 32)
+    return sd
+
+
+def _official_forward(sd, x, depths=DEPTHS, heads=HEADS):
+    """The official HiViT forward (without relative position bias, like the authors' detection config) in the
+    official token layout. Returns the stride-4 and stride-8 stem outputs and the main-stage output, as BHWC maps."""
+
+    def ln(t, p):
+        return F.layer_norm(t, t.shape[-1:], sd[f"{p}.weight"], sd[f"{p}.bias"], eps=1e-6)
+
+    def mlp(t, p):
+        return F.linear(
+            F.gelu(F.linear(t, sd[f"{p}.fc1.weight"], sd[f"{p}.fc1.bias"])), sd[f"{p}.fc2.weight"], sd[f"{p}.fc2.bias"]
+        )
+
+    B = x.shape[0]
+    y = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=4)
+    C, hp, wp = y.shape[1], y.shape[2] // 4, y.shape[3] // 4
+    # (B, C, hp*4, wp*4) -> (B, N, 4 rows, 4 columns, C)
+    y = y.reshape(B, C, hp, 4, wp, 4).permute(0, 2, 4, 3, 5, 1).reshape(B, hp * wp, 4, 4, C)
+    y = ln(y, "patch_embed.norm")
+    i, stem = 0, []
+    for stage in range(2):
+        for _ in range(2 * depths[stage]):
+            y = y + mlp(ln(y, f"blocks.{i}.norm2"), f"blocks.{i}.mlp")
+            i += 1
+        stem.append(y)
+        cells = [y[..., 0::2, 0::2, :], y[..., 1::2, 0::2, :], y[..., 0::2, 1::2, :], y[..., 1::2, 1::2, :]]
+        y = F.linear(ln(torch.cat(cells, dim=-1), f"blocks.{i}.norm"), sd[f"blocks.{i}.reduction.weight"])
+        i += 1
+    y = y[..., 0, 0, :] + sd["absolute_pos_embed"]  # (B, N, C)
+    N, C = y.shape[1:]
+    hd = C // heads
+    for _ in range(depths[2]):
+        qkv = F.linear(ln(y, f"blocks.{i}.norm1"), sd[f"blocks.{i}.attn.qkv.weight"], sd[f"blocks.{i}.attn.qkv.bias"])
+        q, k, v = qkv.reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        attn = ((q * hd**-0.5) @ k.transpose(-2, -1)).softmax(-1)
+        a = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        y = y + F.linear(a, sd[f"blocks.{i}.attn.proj.weight"], sd[f"blocks.{i}.attn.proj.bias"])
+        y = y + mlp(ln(y, f"blocks.{i}.norm2"), f"blocks.{i}.mlp")
+        i += 1
+
+    def stem_map(t, inner):
+        c = t.shape[-1]
+        return t.reshape(B, hp, wp, inner, inner, c).permute(0, 1, 3, 2, 4, 5).reshape(B, hp * inner, wp * inner, c)
+
+    return stem_map(stem[0], 4), stem_map(stem[1], 2), y.reshape(B, hp, wp, C)
+
+
+def _detection_model(**kw):
+    # the detection variant: windows 14, global blocks with (zero-init) relpos, sized for 448 px
+    args = dict(embed_dim=DIM, depths=DEPTHS, num_heads=HEADS, img_size=448, global_blocks=(2,), out_norm=False)
+    args.update(kw)
+    return HiViT(**args).eval()
+
+
+def _check_against_official(model, sd, x):
+    with torch.no_grad():
+        out = model(x)
+        ref4, ref8, ref16 = _official_forward(sd, x)
+    torch.testing.assert_close(out["scale2"], ref4.permute(0, 3, 1, 2), rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["scale3"], ref8.permute(0, 3, 1, 2), rtol=0, atol=1e-4)
+    torch.testing.assert_close(out["scale4"], ref16.permute(0, 3, 1, 2), rtol=0, atol=1e-4)
+
+
+def test_layout_is_read_from_the_keys():
+    layout = official_hivit_layout(_official_state_dict())
+    assert layout["embed_dim"] == DIM and layout["depths"] == DEPTHS
+    assert layout["main_heads"] == HEADS and layout["pretrain_grid"] == 14
+    assert layout["kinds"] == ["mlp", "mlp", "merge", "mlp", "mlp", "merge", "main", "main", "main"]
+    assert official_hivit_layout(_official_state_dict(depths=(2, 2, 20), rpe=False))["depths"] == (2, 2, 20)
+
+
+def test_classification_checkpoint_converts_and_matches_the_official_forward():
+    sd = _official_state_dict(rpe=True, classifier=True)
+    converted = official_hivit_to_hivit(sd)
+    assert not any("relative_position" in k or k.startswith(("head.", "fc_norm.")) for k in converted)
+    assert converted["pos_embed.window_embed"].shape == (1, DIM, 14, 14)
+    # the grid is the official token order (row-major over the 14x14 patches)
+    torch.testing.assert_close(converted["pos_embed.window_embed"][0, :, 1, 2], sd["absolute_pos_embed"][0, 16])
+    assert torch.equal(converted["patch_embed.stage2.1.norm.weight"], sd["blocks.4.norm2.weight"])
+    assert torch.equal(converted["patch_embed.merge2.reduction.weight"], sd["blocks.5.reduction.weight"])
+    assert torch.equal(converted["blocks.0.attn.qkv.weight"], sd["blocks.6.attn.qkv.weight"])
+
+    model = _detection_model()
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    assert not unexpected
+    # all that is new: the zero-initialised relpos of the global block
+    assert sorted(missing) == ["blocks.2.attn.rel_pos_h", "blocks.2.attn.rel_pos_w"]
+    # at 224 px every 14x14 window is the whole map and the new relpos is zero: exactly the official network
+    _check_against_official(model, sd, torch.randn(2, 3, 224, 224))
+
+
+def test_mae_checkpoint_file_loads_into_the_detector_prefix(tmp_path):
+    sd = _official_state_dict(rpe=False, classifier=False, mae=True, seed=1)
+    path = tmp_path / "mae_pretrain_hivit_tiny.pth"
+    torch.save({"model": sd, "epoch": 1599}, path)
+
+    detector = nn.Module()
+    detector.backbone = nn.Module()
+    detector.backbone.bottom_up = _detection_model(out_norm=True)
+    missing, unexpected = load_official_hivit(detector, str(path), prefix=HIVIT_PREFIX)
+    assert not unexpected
+    assert sorted(missing) == sorted(
+        [f"backbone.bottom_up.blocks.2.attn.rel_pos_{a}" for a in "hw"]
+        + [f"backbone.bottom_up.out_norms.scale{i}.{p}" for i in range(2, 6) for p in ("weight", "bias")]
+    )
+    detector.backbone.bottom_up.out_norms = None  # compare the raw features
+    _check_against_official(detector.backbone.bottom_up, sd, torch.randn(1, 3, 224, 224))
+
+
+def test_built_checkpoint_has_detector_keys_and_metadata(tmp_path):
+    sd = _official_state_dict(rpe=True)
+    path = tmp_path / "hivit.pth"
+    torch.save(sd, path)
+    ckpt = build_hivit_checkpoint(str(path))
+    assert all(k.startswith("backbone.bottom_up.") for k in ckpt["model"])
+    meta = ckpt["__hieradet__"]
+    assert meta["arch"] == "HiViT" and meta["prefix"] == "backbone.bottom_up."
+    assert meta["backbone_kwargs"] == {
+        "embed_dim": DIM,
+        "depths": [1, 1, 3],
+        "num_heads": HEADS,
+        "pretrain_img_size": 224,
+    }
+    model = _detection_model()
+    bare = {k[len("backbone.bottom_up.") :]: v for k, v in ckpt["model"].items()}
+    assert not model.load_state_dict(bare, strict=False).unexpected_keys
+
+
+def test_abswin_detection_windows_reproduce_the_pretrained_model():
+    """After conversion, each 224 px quadrant of a 448 px image gives the official 224 px output (abs-win);
+    the authors' interpolated embedding does not."""
+    sd = _official_state_dict(rpe=False)
+    tiles = torch.randn(4, 3, 224, 224)
+    big = torch.cat([torch.cat([tiles[0], tiles[1]], dim=2), torch.cat([tiles[2], tiles[3]], dim=2)], dim=1)[None]
+    with torch.no_grad():
+        ref = _official_forward(sd, tiles)[2]  # (4, 14, 14, C)
+    for mode, expect in (("abswin", True), ("interpolate", False)):
+        model = _detection_model(global_blocks=(), pos_embed=mode)
+        load_official_hivit(model, sd)
+        with torch.no_grad():
+            y = model(big)["scale4"][0].permute(1, 2, 0)
+        quads = [y[:14, :14], y[:14, 14:], y[14:, :14], y[14:, 14:]]
+        assert all(torch.allclose(q, r, atol=1e-4, rtol=0) for q, r in zip(quads, ref)) == expect, mode
+
+
+def test_errors_name_the_cause(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_official_hivit(_detection_model(), str(tmp_path / "missing.pth"))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a torch file")
+    with pytest.raises(CheckpointError, match="truncated or corrupt|not a valid torch file"):
+        load_official_hivit(_detection_model(), str(corrupt))
+    # a checkpoint of another size: HiViT-T-like depths (1, 1, 10) into a (1, 1, 3) model
+    with pytest.raises(CheckpointError, match=r"depths \(1, 1, 10\).*does not fit"):
+        load_official_hivit(_detection_model(), _official_state_dict(depths=(1, 1, 10)))
+    # another width
+    with pytest.raises(CheckpointError, match="in the checkpoint vs"):
+        load_official_hivit(_detection_model(), _official_state_dict(dim=128))
+    # a plain ViT (no patch merges) is not a HiViT
+    vit = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
+    with pytest.raises(CheckpointError, match="expected 2 patch merges"):
+        official_hivit_to_hivit(vit)
+    with pytest.raises(CheckpointError, match="no 'blocks.N"):
+        official_hivit_to_hivit({"conv1.weight": torch.zeros(1)})
+    holey = _official_state_dict()
+    for k in [k for k in holey if k.startswith("blocks.3.")]:
+        del holey[k]
+    with pytest.raises(CheckpointError, match="missing block 3"):
+        official_hivit_to_hivit(holey)
+
+
+def _cli():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "projects" / "HiViT" / "tools" / "convert_hivit_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_hivit_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_output_loads_into_the_projects_mask_rcnn(tmp_path, capsys):
+    from pathlib import Path
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    sd = _official_state_dict(rpe=True, seed=2)
+    src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
+    torch.save({"model": sd}, src)
+    assert _cli()([str(src), str(dst)]) == 0
+    assert "depths (1, 1, 3), 2 heads" in capsys.readouterr().out
+
+    cfg = LazyConfig.load(
+        str(Path(__file__).resolve().parents[1] / "projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py")
+    )
+    cfg.model.backbone.bottom_up.update(embed_dim=DIM, depths=DEPTHS, num_heads=HEADS, global_blocks=(2,), img_size=448)
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model).load(str(dst))
+    bu = model.backbone.bottom_up
+    assert torch.equal(bu.blocks[1].mlp.fc2.weight, sd["blocks.7.mlp.fc2.weight"])
+    assert torch.equal(bu.patch_embed.stage1[1].norm.bias, sd["blocks.1.norm2.bias"])
+    bu.out_norms = None
+    _check_against_official(bu.eval(), sd, torch.randn(1, 3, 224, 224))
+
+    # wrong size requested, unreadable input: exit code 1 and a message naming the cause
+    assert _cli()([str(src), str(tmp_path / "x.pth"), "--size", "B"]) == 1
+    assert "is HiViT-custom (main width 64, depths (1, 1, 3)), not HiViT-B" in capsys.readouterr().err
+    assert _cli()([str(tmp_path / "nope.pth"), str(tmp_path / "x.pth")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()
