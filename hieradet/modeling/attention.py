@@ -5,8 +5,24 @@ queries (``q_stride``), which is how Hiera moves from one stage to the next; a b
 ``window_size`` x ``window_size`` windows (padding the map when it is not a multiple) or globally
 (``window_size=0``); and it may add decomposed relative position embeddings (MViTv2 / ViTDet
 formulation) to its attention logits.
+
+Speed notes (CPU and GPU, numerics unchanged; ``tests/test_attention.py`` checks every path against a
+plain reference written in the test):
+
+* attention always goes through ``F.scaled_dot_product_attention`` (flash kernels on CPU and GPU); the
+  relative position bias is passed as its additive float mask, built directly in the contiguous
+  ``(B, heads, Lq, Lk)`` layout the kernels read (no reshape copy);
+* q, k and v are strided views of the qkv projection, and the attention output is read back as a view,
+  so a block makes no layout copies besides the window partition itself;
+* query / shortcut pooling is an elementwise max over a BHWC view (no NCHW round trip, no indices);
+* a padded window map is cropped as a view; the residual add writes the contiguous result;
+* without autograd (inference), the large relpos mask is written into a reused per-thread workspace
+  and the MLP's GELU runs in place: fresh multi-megabyte CPU allocations are page-faulted in on every
+  forward, which costs as much as the arithmetic they hold. :func:`clear_workspace` frees the
+  workspace; :func:`set_workspace_enabled` turns it off.
 """
 
+import threading
 from functools import partial
 from typing import Optional, Tuple
 
@@ -29,6 +45,8 @@ __all__ = [
     "PatchEmbed",
     "init_weights",
     "RELPOS_MODES",
+    "clear_workspace",
+    "set_workspace_enabled",
 ]
 
 RELPOS_MODES = ("global", "all", "none")
@@ -65,15 +83,36 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.fc1(x)
+        if type(self.act) is nn.GELU and not _needs_grad(h):
+            # inference: in place (same kernel, no second hidden-size allocation)
+            h = torch._C._nn.gelu_(h, approximate=self.act.approximate)
+        else:
+            h = self.act(h)
+        return self.fc2(h)
 
 
 def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Max-pool a BHWC map by ``stride`` (ceil mode: an odd edge keeps its last row/column)."""
+    """Max-pool a BHWC map by ``stride`` (ceil mode: an odd edge keeps its last row/column).
+
+    Equals ``F.max_pool2d(x.permute(0, 3, 1, 2), stride, stride, ceil_mode=True)`` in BHWC. Computed as
+    elementwise maxima of the ``stride`` row and column phases of a (B, H/s, s, W/s, s, C) view: no
+    layout change, no pooling indices, any input strides (e.g. a slice of the qkv projection).
+    """
     if stride == 1:
         return x
-    x = F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride, ceil_mode=True)
-    return x.permute(0, 2, 3, 1)
+    B, H, W, C = x.shape
+    pad_h, pad_w = (-H) % stride, (-W) % stride
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h), value=float("-inf"))
+    x = x.unflatten(1, ((H + pad_h) // stride, stride)).unflatten(3, ((W + pad_w) // stride, stride))
+    rows = x[:, :, 0]
+    for i in range(1, stride):
+        rows = torch.maximum(rows, x[:, :, i])  # (B, H/s, W/s, s, C)
+    out = rows[:, :, :, 0]
+    for j in range(1, stride):
+        out = torch.maximum(out, rows[:, :, :, j])
+    return out
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -91,9 +130,17 @@ def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, T
 
 
 def window_unpartition(
-    windows: torch.Tensor, window_size: int, pad_hw: Tuple[int, int], hw: Tuple[int, int]
+    windows: torch.Tensor,
+    window_size: int,
+    pad_hw: Tuple[int, int],
+    hw: Tuple[int, int],
+    contiguous: bool = True,
 ) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: reassemble windows and crop the padding away."""
+    """Inverse of :func:`window_partition`: reassemble windows and crop the padding away.
+
+    With ``contiguous=False`` a cropped map is returned as a view (saves a copy when the next op, e.g.
+    a residual add, writes a new tensor anyway).
+    """
     Hp, Wp = pad_hw
     H, W = hw
     nh, nw = Hp // window_size, Wp // window_size
@@ -101,7 +148,9 @@ def window_unpartition(
     x = windows.view(B, nh, nw, window_size, window_size, -1).permute(0, 1, 3, 2, 4, 5)
     x = x.reshape(B, Hp, Wp, -1)
     if Hp > H or Wp > W:
-        x = x[:, :H, :W, :].contiguous()
+        x = x[:, :H, :W, :]
+        if contiguous:
+            x = x.contiguous()
     return x
 
 
@@ -126,25 +175,77 @@ def rel_pos_lookup(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tenso
 
 
 def rel_pos_bias(
-    q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, q_hw: Tuple[int, int], k_hw: Tuple[int, int]
+    q: torch.Tensor,
+    table_h: torch.Tensor,
+    table_w: torch.Tensor,
+    q_hw: Tuple[int, int],
+    k_hw: Tuple[int, int],
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Decomposed relative position bias for the attention logits.
 
     Args:
-        q: unscaled queries (B, heads, qh * qw, head_dim).
+        q: unscaled queries (B, heads, qh * qw, head_dim); any strides.
         table_h, table_w: relative position tables, (Lh, head_dim) and (Lw, head_dim).
+        out: optional contiguous tensor with B * heads * qh * qw * kh * kw elements to write the bias
+            into (no autograd); a new tensor is allocated when omitted.
     Returns:
-        (B, heads, qh * qw, kh * kw) bias: ``q . R_h[qy, ky] + q . R_w[qx, kx]``.
+        contiguous (B, heads, qh * qw, kh * kw) bias: ``q . R_h[qy, ky] + q . R_w[qx, kx]``.
     """
     (qh, qw), (kh, kw) = q_hw, k_hw
     Rh = rel_pos_lookup(qh, kh, table_h)
     Rw = rel_pos_lookup(qw, kw, table_w)
     B, nh, _, hd = q.shape
     r_q = q.reshape(B, nh, qh, qw, hd)
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
-    bias = bias_h[..., :, None] + bias_w[..., None, :]
-    return bias.reshape(B, nh, qh * qw, kh * kw)
+    # the two small factors in (B, heads, qh, qw, k) row-major order, so that their broadcast sum is
+    # produced directly in the (B, heads, qh * qw, kh * kw) layout the attention kernels read
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    if out is None:
+        bias = bias_h[..., :, None] + bias_w[..., None, :]
+    else:
+        bias = torch.add(bias_h[..., :, None], bias_w[..., None, :], out=out.view(B, nh, qh, qw, kh, kw))
+    return bias.view(B, nh, qh * qw, kh * kw)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _Workspace(threading.local):
+    """Per-thread reusable CPU buffers for inference (one per dtype), grown on demand."""
+
+    enabled = True
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> Optional[torch.Tensor]:
+        if not _Workspace.enabled or device.type != "cpu":
+            return None  # GPU caching allocators already reuse memory
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return None  # a graph must not capture the buffer
+        buf = self.buffers.get(dtype)
+        if buf is None or buf.numel() < numel:
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                buf = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[dtype] = buf
+        return buf[:numel]
+
+
+_WORKSPACE = _Workspace()
+
+
+def clear_workspace() -> None:
+    """Free this thread's inference workspace (the relpos mask buffer)."""
+    _WORKSPACE.buffers.clear()
+
+
+def set_workspace_enabled(enabled: bool) -> None:
+    """Turn the inference workspace on (default) or off (a fresh mask on every forward)."""
+    _Workspace.enabled = bool(enabled)
+    if not enabled:
+        clear_workspace()
 
 
 class Attention(nn.Module):
@@ -193,19 +294,23 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
-        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, hd)
+        dim_out = self.num_heads * self.head_dim
+        # (B, HW, 3, heads, hd) view; q, k, v stay strided views of it
+        q, k, v = self.qkv(x).view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
         qh, qw = H, W
         if self.q_stride > 1:
-            q = q.transpose(1, 2).reshape(B, H, W, -1)
-            q = pool_hw(q, self.q_stride)
+            q = pool_hw(q.reshape(B, H, W, dim_out), self.q_stride)
             qh, qw = q.shape[1:3]
-            q = q.reshape(B, qh * qw, self.num_heads, self.head_dim).transpose(1, 2)
+            q = q.view(B, qh * qw, self.num_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
         bias = None
         if self.use_rel_pos:
-            bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
+            out = None
+            if not _needs_grad(q, self.rel_pos_h, self.rel_pos_w):
+                out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
+            bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W), out=out)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        x = x.transpose(1, 2).reshape(B, qh, qw, -1)
+        x = x.transpose(1, 2).reshape(B, qh, qw, dim_out)  # a view for the SDPA kernels' layout
         return self.proj(x)
 
 
@@ -285,7 +390,7 @@ class Block(nn.Module):
         if self.window_size:
             ws = self.window_size // self.q_stride
             Hp, Wp = pad_hw[0] // self.q_stride, pad_hw[1] // self.q_stride
-            x = window_unpartition(x, ws, (Hp, Wp), shortcut.shape[1:3])
+            x = window_unpartition(x, ws, (Hp, Wp), shortcut.shape[1:3], contiguous=False)
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

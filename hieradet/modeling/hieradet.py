@@ -19,6 +19,7 @@ from torch import nn
 
 from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights
 from .pos_embed import AbsWinPosEmbed
+from .validation import check_img_size, check_square_pad
 
 __all__ = ["HieraDet", "HIERA_SIZES", "hieradet_kwargs", "default_global_blocks", "stage_ends"]
 
@@ -121,6 +122,8 @@ class HieraDet(Backbone):
     ):
         super().__init__()
         stages = tuple(int(s) for s in stages)
+        if not stages or min(stages) < 1:
+            raise ValueError(f"stages must be positive block counts, one per stage, got {stages}")
         depth = sum(stages)
         if len(stages) != len(window_size):
             raise ValueError(f"window_size {tuple(window_size)} needs one entry per stage ({len(stages)} stages)")
@@ -130,6 +133,8 @@ class HieraDet(Backbone):
             raise ValueError(f"q_pool={q_pool} must be in [0, {len(stages) - 1}]")
         if relpos not in RELPOS_MODES:
             raise ValueError(f"relpos must be one of {RELPOS_MODES}, got {relpos!r}")
+        check_img_size(img_size)
+        check_square_pad(square_pad, patch_stride * q_stride**q_pool)
         if global_blocks is None:
             global_blocks = default_global_blocks(stages)
         global_blocks = tuple(int(i) for i in global_blocks)

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import RELPOS_MODES, Block, DropPath, LayerNorm, Mlp, PatchEmbed, init_weights, pool_hw
 from .pos_embed import AbsWinPosEmbed
+from .validation import check_img_size, check_square_pad
 
 __all__ = [
     "HiViT",
@@ -232,6 +233,8 @@ class HiViT(Backbone):
             raise ValueError(f"window_size must be >= 0 (0 = global attention everywhere), got {window_size}")
         if relpos not in RELPOS_MODES:
             raise ValueError(f"relpos must be one of {RELPOS_MODES}, got {relpos!r}")
+        check_img_size(img_size)
+        check_square_pad(square_pad, 2 * patch_size)  # stride 32 = the pooled main stage
         depth = depths[2]
         if global_blocks is None:
             global_blocks = default_hivit_global_blocks(depth, min(4, depth))

@@ -16,6 +16,7 @@ from torch import nn
 
 from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights
 from .pos_embed import AbsWinPosEmbed
+from .validation import check_img_size, check_square_pad
 
 __all__ = ["ViT", "VIT_SIZES", "vit_kwargs"]
 
@@ -75,6 +76,8 @@ class ViT(Backbone):
         bad = [i for i in global_blocks if not 0 <= i < depth]
         if bad:
             raise ValueError(f"global_blocks {bad} out of range: this ViT has {depth} blocks (0-{depth - 1})")
+        check_img_size(img_size)
+        check_square_pad(square_pad, patch_size)
         self.global_blocks = tuple(int(i) for i in global_blocks)
         self.num_blocks = depth
         self.square_pad = square_pad
