@@ -194,7 +194,9 @@ def test_unknown_and_unsupported_formats(tiny_hiera):
     src_sd, _, out = tiny_hiera
     with pytest.raises(CheckpointError, match="unknown checkpoint format") as e:
         detect_format({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)})
-    assert "mae_vit" in str(e.value) and "sam2" in str(e.value)  # lists what is supported
+    assert all(f in str(e.value) for f in ("mae_vit", "sam2", "hivit"))  # lists what is supported
+    with pytest.raises(CheckpointError, match="requested but the keys look like hiera"):
+        convert_state_dict(src_sd, source="hivit")
     with pytest.raises(CheckpointError, match="already in hieradet's format"):
         convert_state_dict(torch.load(out, weights_only=True))
     with pytest.raises(CheckpointError, match="video Hiera"):

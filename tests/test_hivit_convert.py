@@ -7,20 +7,30 @@ layout, (B, N, 4, 4, C) tokens (N = 16 px patches, 4x4 stride-4 positions inside
 the main stage, so it checks our BHWC re-arrangement, the merge order and the position-embedding grid.
 """
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hieradet.checkpoint.hivit import (
+from hieradet.checkpoint import (
     HIVIT_PREFIX,
+    METADATA_KEY,
+    CheckpointError,
+    HieraDetCheckpointer,
     build_hivit_checkpoint,
+    convert_state_dict,
+    detect_format,
+    load_backbone_checkpoint,
     load_official_hivit,
     official_hivit_layout,
     official_hivit_to_hivit,
 )
-from hieradet.checkpoint.io import CheckpointError
 from hieradet.modeling.hivit import HiViT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DIM, DEPTHS, HEADS = 64, (1, 1, 3), 2  # main width 64: stem 16 and 32
 
@@ -198,13 +208,19 @@ def test_built_checkpoint_has_detector_keys_and_metadata(tmp_path):
     ckpt = build_hivit_checkpoint(str(path))
     assert all(k.startswith("backbone.bottom_up.") for k in ckpt["model"])
     meta = ckpt["__hieradet__"]
-    assert meta["arch"] == "HiViT" and meta["prefix"] == "backbone.bottom_up."
+    assert meta["arch"] == "HiViT" and meta["prefix"] == "backbone.bottom_up." and meta["source_format"] == "hivit"
     assert meta["backbone_kwargs"] == {
         "embed_dim": DIM,
         "depths": [1, 1, 3],
-        "num_heads": HEADS,
+        "num_heads": HEADS,  # read from the relative position bias tables
         "pretrain_img_size": 224,
+        "pos_embed": "abswin",
     }
+    # what is new by design: relpos of the global blocks (all three in this short stage) and the output norms
+    assert sorted(meta["new_keys"]) == sorted(
+        [f"blocks.{i}.attn.rel_pos_{a}" for i in range(3) for a in "hw"]
+        + [f"out_norms.scale{i}.{p}" for i in range(2, 6) for p in ("weight", "bias")]
+    )
     model = _detection_model()
     bare = {k[len("backbone.bottom_up.") :]: v for k, v in ckpt["model"].items()}
     assert not model.load_state_dict(bare, strict=False).unexpected_keys
@@ -253,44 +269,127 @@ def test_errors_name_the_cause(tmp_path):
         official_hivit_to_hivit(holey)
 
 
-def _cli():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "projects" / "HiViT" / "tools" / "convert_hivit_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_hivit_checkpoint", path)
+def _load_tool(*parts):
+    spec = importlib.util.spec_from_file_location(parts[-1][:-3], ROOT.joinpath(*parts))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
 
 
-def test_cli_output_loads_into_the_projects_mask_rcnn(tmp_path, capsys):
-    from pathlib import Path
+def _detector(**kw):
+    """A module holding a HiViT where the project's detectors have it (``backbone.bottom_up``)."""
+    detector = nn.Module()
+    detector.backbone = nn.Module()
+    detector.backbone.bottom_up = _detection_model(**kw)
+    return detector
 
-    from detectron2.checkpoint import DetectionCheckpointer
+
+def test_format_is_detected():
+    assert detect_format(_official_state_dict()) == "hivit"
+    assert detect_format(_official_state_dict(rpe=False, classifier=False, mae=True)) == "hivit"
+    # a ViT / Hiera is not a HiViT, and asking for one says what the file is
+    vit = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.norm1.weight": torch.zeros(8)}
+    vit["pos_embed"] = torch.zeros(1, 197, 8)
+    assert detect_format(vit) == "mae_vit"
+    with pytest.raises(CheckpointError, match="requested but the keys look like mae_vit"):
+        convert_state_dict(vit, source="hivit")
+    # unknown keys have no place in the HiViT unless strict=False
+    odd = dict(_official_state_dict(), **{"blocks.6.attn.q_norm.weight": torch.ones(DIM)})
+    with pytest.raises(CheckpointError, match=r"no place in HiViT: \['blocks.6.attn.q_norm.weight'\]"):
+        convert_state_dict(odd)
+    assert "blocks.6.attn.q_norm.weight" in convert_state_dict(odd, strict=False).dropped
+
+
+def test_main_tool_converts_official_hivit_and_the_checkpointer_loads_it(tmp_path, capsys):
+    sd = _official_state_dict(rpe=True, seed=3)
+    src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
+    torch.save({"model": sd}, src)
+    assert _load_tool("tools", "convert_checkpoint.py")([str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "source format : hivit (official HiViT (zhangxiaosong18/hivit))" in out
+    assert "target        : HiViT-custom with keys under 'backbone.bottom_up.'" in out
+    assert "embedding out : pos_embed.window_embed (1, 64, 14, 14)" in out
+    assert "model.backbone.bottom_up.pretrain_img_size=224" in out
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt[METADATA_KEY]["arch"] == "HiViT" and ckpt[METADATA_KEY]["source_format"] == "hivit"
+    # the same file as the HiViT module's own entry point makes
+    ref = build_hivit_checkpoint(sd)["model"]
+    assert ckpt["model"].keys() == ref.keys() and all(torch.equal(ckpt["model"][k], ref[k]) for k in ref)
+
+    # the converted file and the raw official file both load through HieraDetCheckpointer and give the official net
+    for path in (dst, src):
+        detector = _detector(out_norm=True)
+        HieraDetCheckpointer(detector).load(str(path))
+        backbone = detector.backbone.bottom_up
+        assert torch.equal(backbone.blocks[2].attn.qkv.weight, sd["blocks.8.attn.qkv.weight"])
+        backbone.out_norms = None  # compare the raw features
+        _check_against_official(backbone, sd, torch.randn(1, 3, 224, 224))
+    bare = _detection_model()
+    assert sorted(load_backbone_checkpoint(bare, str(dst))) == ["blocks.2.attn.rel_pos_h", "blocks.2.attn.rel_pos_w"]
+
+
+def test_checkpointer_refuses_a_hivit_of_another_size(tmp_path, capsys):
+    src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
+    torch.save(_official_state_dict(rpe=False), src)
+    assert _load_tool("tools", "convert_checkpoint.py")([str(src), str(dst), "--num-heads", str(HEADS)]) == 0
+
+    wider = _detector(embed_dim=128, num_heads=4)
+    before = wider.backbone.bottom_up.patch_embed.proj.weight.clone()
+    for path in (dst, src):  # converted, and raw (converted on the fly)
+        with pytest.raises(CheckpointError) as e:
+            HieraDetCheckpointer(wider).load(str(path))
+        msg = str(e.value)
+        assert "size mismatch at 'backbone.bottom_up': HiViT-custom does not fit" in msg
+        assert "HiViT(embed_dim=128, depths=(1, 1, 3))" in msg
+        assert "patch_embed.proj.weight: (16, 3, 4, 4) in the checkpoint vs (32, 3, 4, 4) in the model" in msg
+    assert torch.equal(wider.backbone.bottom_up.patch_embed.proj.weight, before)  # nothing was loaded
+
+    deeper = _detector(depths=(1, 1, 4), global_blocks=(3,))
+    before = deeper.backbone.bottom_up.blocks[0].attn.qkv.weight.clone()
+    with pytest.raises(
+        CheckpointError, match=r"HiViT\(embed_dim=64, depths=\(1, 1, 4\)\).*model keys the checkpoint lacks"
+    ):
+        HieraDetCheckpointer(deeper).load(str(dst))
+    assert torch.equal(deeper.backbone.bottom_up.blocks[0].attn.qkv.weight, before)
+
+    other_grid = _detector(pretrain_img_size=256)  # a 16x16 window embedding
+    with pytest.raises(CheckpointError) as e:
+        HieraDetCheckpointer(other_grid).load(str(dst))
+    assert "the checkpoint has window 14x14 + no global embedding" in str(e.value)
+    assert "model.backbone.bottom_up.pretrain_img_size=224" in str(e.value)
+
+    # the tool refuses to convert another size than requested
+    assert _load_tool("tools", "convert_checkpoint.py")([str(src), str(tmp_path / "x.pth"), "--expect-size", "B"]) == 1
+    err = capsys.readouterr().err
+    assert "size mismatch: the checkpoint is HiViT-custom (embed_dim=64, depths=(1, 1, 3)), not HiViT-B" in err
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_project_tool_wraps_the_main_tool_and_loads_into_the_projects_mask_rcnn(tmp_path, capsys):
     from detectron2.config import LazyConfig, instantiate
 
+    cli = _load_tool("projects", "HiViT", "tools", "convert_hivit_checkpoint.py")
     sd = _official_state_dict(rpe=True, seed=2)
     src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
     torch.save({"model": sd}, src)
-    assert _cli()([str(src), str(dst)]) == 0
-    assert "depths (1, 1, 3), 2 heads" in capsys.readouterr().out
+    assert cli([str(src), str(dst)]) == 0
+    assert "source format : hivit" in capsys.readouterr().out
 
-    cfg = LazyConfig.load(
-        str(Path(__file__).resolve().parents[1] / "projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py")
-    )
+    cfg = LazyConfig.load(str(ROOT / "projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py"))
     cfg.model.backbone.bottom_up.update(embed_dim=DIM, depths=DEPTHS, num_heads=HEADS, global_blocks=(2,), img_size=448)
     model = instantiate(cfg.model)
-    DetectionCheckpointer(model).load(str(dst))
+    HieraDetCheckpointer(model).load(str(dst))
     bu = model.backbone.bottom_up
     assert torch.equal(bu.blocks[1].mlp.fc2.weight, sd["blocks.7.mlp.fc2.weight"])
     assert torch.equal(bu.patch_embed.stage1[1].norm.bias, sd["blocks.1.norm2.bias"])
     bu.out_norms = None
     _check_against_official(bu.eval(), sd, torch.randn(1, 3, 224, 224))
 
-    # wrong size requested, unreadable input: exit code 1 and a message naming the cause
-    assert _cli()([str(src), str(tmp_path / "x.pth"), "--size", "B"]) == 1
-    assert "is HiViT-custom (main width 64, depths (1, 1, 3)), not HiViT-B" in capsys.readouterr().err
-    assert _cli()([str(tmp_path / "nope.pth"), str(tmp_path / "x.pth")]) == 1
+    # not a HiViT, unreadable input: exit code 1 and a message naming the cause
+    vit = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.norm1.weight": torch.zeros(8)}
+    torch.save(dict(vit, pos_embed=torch.zeros(1, 197, 8)), tmp_path / "vit.pth")
+    assert cli([str(tmp_path / "vit.pth"), str(tmp_path / "x.pth")]) == 1
+    assert "source format hivit (official HiViT (zhangxiaosong18/hivit)) was requested" in capsys.readouterr().err
+    assert cli([str(tmp_path / "nope.pth"), str(tmp_path / "x.pth")]) == 1
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()

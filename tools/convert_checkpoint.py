@@ -3,8 +3,9 @@
 
 Sources (detected from the keys): MAE ViT (``mae_pretrain_vit_*.pth``), official Hiera
 (``hiera-transformer``, classification or MAE), timm Hiera incl. the abs-win models, timm/SAM 2
-"hieradet" trunks, SAM 2 / SAM 2.1 checkpoints (their ``image_encoder.trunk``). The output holds full
-model keys (``backbone.bottom_up.*`` for HieraDet + FPN, ``backbone.net.*`` for ViT + SimpleFeaturePyramid)
+"hieradet" trunks, SAM 2 / SAM 2.1 checkpoints (their ``image_encoder.trunk``), official HiViT (MAE or
+classification). The output holds full model keys (``backbone.bottom_up.*`` for HieraDet / HiViT + FPN,
+``backbone.net.*`` for ViT + SimpleFeaturePyramid)
 and a ``__hieradet__`` metadata entry, so that ``train.init_checkpoint=<output>`` loads it exactly.
 
 Examples::
@@ -12,6 +13,7 @@ Examples::
     python tools/convert_checkpoint.py mae_pretrain_vit_base.pth output/mae_vit_b.pth
     python tools/convert_checkpoint.py hiera_base_224.pth output/hiera_b.pth --expect-size B
     python tools/convert_checkpoint.py sam2.1_hiera_base_plus.pt output/sam2_bplus.pth
+    python tools/convert_checkpoint.py mae_pretrain_hivit_base.pth output/hivit_b.pth --expect-size B
     python tools/convert_checkpoint.py X.pth Y.pth --pos-embed interpolate   # the bugged baseline
 """
 
@@ -45,7 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prefix",
         default="auto",
-        help="key prefix of the backbone in the detection model: 'auto' (backbone.bottom_up. for HieraDet, "
+        help="key prefix of the backbone in the detection model: 'auto' (backbone.bottom_up. for HieraDet / HiViT, "
         "backbone.net. for ViT), 'none' for backbone-relative keys, or any prefix",
     )
     p.add_argument(
@@ -56,7 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
         "SAM 2); 'interpolate' is the bugged interpolation baseline",
     )
     p.add_argument("--pretrain-img-size", type=int, default=None, help="override the pretraining image size")
-    p.add_argument("--expect-size", default=None, help="fail unless the checkpoint is this size (e.g. B, L, B+)")
+    p.add_argument("--expect-size", default=None, help="fail unless the checkpoint is this size (e.g. B, L, B+, T)")
     p.add_argument("--num-heads", type=int, default=None, help="heads of a custom-size model (not in the weights)")
     p.add_argument("--non-strict", action="store_true", help="drop unknown source keys instead of failing")
     p.add_argument("--allow-pickle", action="store_true", help="unpickle non-tensor objects (trusted files only)")
@@ -100,9 +102,10 @@ def main(argv=None) -> int:
     for line in config_overrides(out[METADATA_KEY]["embed_kwargs"], module):
         print("  " + line)
     if result.size:
-        kind = "hieradet" if result.arch == "HieraDet" else "vitdet"
+        configs = {"HieraDet": "configs/COCO/mask_rcnn_hieradet", "ViT": "configs/COCO/mask_rcnn_vitdet"}
+        configs["HiViT"] = "projects/HiViT/configs/COCO/mask_rcnn_hivit"
         tag = result.size.lower().replace("+", "plus")
-        print(f"  (use a {result.arch}-{result.size} config, e.g. configs/COCO/mask_rcnn_{kind}_{tag}_*.py)")
+        print(f"  (use a {result.arch}-{result.size} config, e.g. {configs[result.arch]}_{tag}_*.py)")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Converting pretrained checkpoints into the detection backbones' state dicts, and loading them.
 
-* :func:`convert_state_dict` turns an MAE ViT, official / timm Hiera, timm abs-win Hiera or SAM 2
-  checkpoint into backbone weights (:class:`ConversionResult`); :func:`build_converted_checkpoint`
+* :func:`convert_state_dict` turns an MAE ViT, official / timm Hiera, timm abs-win Hiera, SAM 2 or official
+  HiViT checkpoint into backbone weights (:class:`ConversionResult`); :func:`build_converted_checkpoint`
   makes the file ``tools/convert_checkpoint.py`` writes (full model keys + ``__hieradet__`` metadata).
 * :class:`HieraDetCheckpointer` loads such a file (or a raw pretrained one) into a detectron2 model and
   refuses backbone weights that do not fit, instead of skipping them.
@@ -22,15 +22,24 @@ from .convert import (
     summarize,
     vit_to_abswin_vit,
 )
+from .hivit import (
+    HIVIT_PREFIX,
+    build_hivit_checkpoint,
+    load_official_hivit,
+    official_hivit_layout,
+    official_hivit_to_hivit,
+)
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
 
 __all__ = [
     "CheckpointError",
+    "HIVIT_PREFIX",
     "ConversionResult",
     "HieraDetCheckpointer",
     "METADATA_KEY",
     "SOURCE_FORMATS",
     "build_converted_checkpoint",
+    "build_hivit_checkpoint",
     "check_backbone_state_dict",
     "config_overrides",
     "convert_state_dict",
@@ -40,7 +49,10 @@ __all__ = [
     "grid_from_tokens",
     "load_backbone_checkpoint",
     "load_checkpoint_file",
+    "load_official_hivit",
     "official_hiera_to_hieradet",
+    "official_hivit_layout",
+    "official_hivit_to_hivit",
     "summarize",
     "unwrap_state_dict",
     "vit_to_abswin_vit",

@@ -4,7 +4,7 @@ detectron2's ``DetectionCheckpointer`` skips any weight whose shape differs from
 log warning, so a 56x56 window embedding loaded into a model built for 8x8 + 7x7 silently leaves the
 embedding random. :class:`HieraDetCheckpointer` checks every backbone weight first and raises a
 :class:`CheckpointError` that names the mismatch and the config overrides that fix it; it also
-converts a raw MAE / Hiera / timm / SAM 2 checkpoint on the fly, so ``train.init_checkpoint`` may
+converts a raw MAE / Hiera / timm / SAM 2 / HiViT checkpoint on the fly, so ``train.init_checkpoint`` may
 point at the original file.
 """
 
@@ -17,10 +17,12 @@ from torch import nn
 
 from .convert import (
     METADATA_KEY,
+    backbone_classes,
     build_converted_checkpoint,
     config_overrides,
     convert_state_dict,
     detect_format,
+    is_new_by_design,
     summarize,
 )
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
@@ -38,14 +40,11 @@ _EMBED_KEYS = ("pos_embed.window_embed", "pos_embed.global_embed")
 
 
 def _backbone_classes() -> Dict[str, type]:
-    from ..modeling.hieradet import HieraDet
-    from ..modeling.vit import ViT
-
-    return {"HieraDet": HieraDet, "ViT": ViT}
+    return backbone_classes()  # HieraDet, ViT, HiViT
 
 
 def find_backbones(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
-    """``{key prefix: (arch, module)}`` of every HieraDet / ViT in ``model`` (prefix ``""``: the model itself)."""
+    """``{key prefix: (arch, module)}`` of every HieraDet / ViT / HiViT in ``model`` (prefix ``""``: the model)."""
     classes = _backbone_classes()
     found = {}
     for name, module in model.named_modules():
@@ -70,6 +69,8 @@ def _describe_model(arch: str, module: nn.Module) -> str:
         ends = list(module.stage_ends)
         stages = [e - s for e, s in zip(ends, [-1] + ends[:-1])]
         return f"HieraDet(embed_dim={dim}, stages={tuple(stages)})"
+    if arch == "HiViT":  # the stem is a quarter of the main-stage width
+        return f"HiViT(embed_dim={4 * dim}, depths={tuple(module.depths)})"
     return f"ViT(embed_dim={dim}, depth={module.num_blocks})"
 
 
@@ -83,7 +84,9 @@ def check_backbone_state_dict(
     """Raises :class:`CheckpointError` unless ``state_dict`` (backbone-relative keys) fits ``backbone``.
 
     Checks the position-embedding layout (window / global grids present and of the same size), then
-    every other shape; missing relative position tables are fine (new by design).
+    every other shape; missing relative position tables are fine (new by design). With ``meta`` (a converted
+    file) the keys must match too: checkpoint keys the model lacks, or model keys the checkpoint lacks (a
+    deeper model), are a size mismatch.
     """
     model_sd = backbone.state_dict()
     location = f" at '{where.rstrip('.')}'" if where else ""
@@ -110,11 +113,14 @@ def check_backbone_state_dict(
         if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape) and "rel_pos" not in k
     ]
     extra = [k for k in state_dict if k not in model_sd]
-    if wrong or (meta is not None and extra):
+    lacking = [k for k in model_sd if k not in state_dict and not is_new_by_design(k)] if meta is not None else []
+    if wrong or (meta is not None and (extra or lacking)):
         ck = f"{meta.get('arch')}-{meta.get('size') or 'custom'}" if meta else "the checkpoint's backbone"
         detail = "; ".join(f"{k}: {a} in the checkpoint vs {b} in the model" for k, a, b in wrong[:3])
         if extra:
             detail += ("; " if detail else "") + f"{len(extra)} checkpoint keys the model lacks, e.g. {extra[:3]}"
+        if lacking:
+            detail += ("; " if detail else "") + f"{len(lacking)} model keys the checkpoint lacks, e.g. {lacking[:3]}"
         raise CheckpointError(
             f"size mismatch{location}: {ck} does not fit the model's {_describe_model(arch, backbone)} ({detail}). "
             "Use a config of the checkpoint's size, or the checkpoint of the config's size."
@@ -131,7 +137,7 @@ class HieraDetCheckpointer(DetectionCheckpointer):
     * A file written by ``tools/convert_checkpoint.py`` (it carries ``__hieradet__`` metadata) loads
       with its keys moved to wherever the model's backbone sits, and must match the backbone exactly
       apart from the relative position tables that are new by design.
-    * A raw pretrained file (MAE ViT, official / timm Hiera, SAM 2) is converted in memory first
+    * A raw pretrained file (MAE ViT, official / timm Hiera, SAM 2, official HiViT) is converted in memory first
       (``convert_raw=True``), as the tool would do.
     * Any backbone weight of another shape raises :class:`CheckpointError` instead of being skipped,
       before anything is loaded; an empty, truncated or corrupt file raises one that names the file.
@@ -207,8 +213,9 @@ class HieraDetCheckpointer(DetectionCheckpointer):
         if meta is not None and meta.get("prefix") is not None:
             prefix = meta["prefix"]
             unexpected = [k for k in incompatible.unexpected_keys if k.startswith(prefix)]
-            by_design = ("rel_pos_h", "rel_pos_w")
-            missing = [k for k in incompatible.missing_keys if k.startswith(prefix) and not k.endswith(by_design)]
+            missing = [
+                k for k in incompatible.missing_keys if k.startswith(prefix) and not is_new_by_design(k[len(prefix) :])
+            ]
             if unexpected or missing:
                 raise CheckpointError(
                     f"checkpoint does not match the backbone at '{prefix.rstrip('.')}': "
@@ -218,20 +225,21 @@ class HieraDetCheckpointer(DetectionCheckpointer):
 
 
 def load_backbone_checkpoint(backbone: nn.Module, checkpoint, allow_pickle: bool = False) -> List[str]:
-    """Loads a converted or raw pretrained checkpoint into a bare HieraDet / ViT.
+    """Loads a converted or raw pretrained checkpoint into a bare HieraDet / ViT / HiViT.
 
     Args:
         backbone: the backbone module.
         checkpoint: a path, or an already loaded checkpoint dict.
         allow_pickle (bool): see :func:`hieradet.checkpoint.io.load_checkpoint_file`.
     Returns:
-        the backbone keys that were not in the checkpoint (by design: relative position tables).
+        the backbone keys that were not in the checkpoint (by design: relative position tables, HiViT's output
+        norms).
     Raises:
         CheckpointError: unreadable file, unknown format, another architecture / size / embedding layout.
     """
     backbones = find_backbones(backbone)
     if "" not in backbones:
-        raise TypeError(f"load_backbone_checkpoint needs a HieraDet or ViT, got {type(backbone).__name__}")
+        raise TypeError(f"load_backbone_checkpoint needs a HieraDet, ViT or HiViT, got {type(backbone).__name__}")
     arch = backbones[""][0]
     source = checkpoint if isinstance(checkpoint, str) else "checkpoint"
     obj = load_checkpoint_file(checkpoint, allow_pickle) if isinstance(checkpoint, str) else checkpoint
@@ -247,7 +255,7 @@ def load_backbone_checkpoint(backbone: nn.Module, checkpoint, allow_pickle: bool
         raise CheckpointError(f"{source} holds {meta.get('arch')} weights but the backbone is a {arch}")
     check_backbone_state_dict(arch, backbone, sd, meta)
     missing, unexpected = backbone.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not k.endswith(("rel_pos_h", "rel_pos_w"))]
+    bad = [k for k in missing if not is_new_by_design(k)]
     if bad or unexpected:
         raise CheckpointError(f"{source} does not match the {arch}: missing {bad[:5]}, unexpected {unexpected[:5]}")
     return list(missing)

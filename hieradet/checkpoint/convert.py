@@ -16,6 +16,9 @@ Supported sources (``SOURCE_FORMATS``) and what happens to their position embedd
 ``sam2``               SAM 2 image encoder (``image_encoder.trunk.*`` of a SAM 2 checkpoint, or a bare trunk):
                        ``pos_embed`` (1, C, b, b) -> ``global_embed``, ``pos_embed_window`` -> ``window_embed``.
 ``timm_hieradet``      timm's port of the SAM 2 trunk (``sam2_hiera_*``, ``hieradet_small``): as ``sam2``.
+``hivit``              official HiViT (github zhangxiaosong18/hivit, MAE or classification): ``absolute_pos_embed``
+                       (1, 14*14, C) -> ``window_embed``; the flat ``blocks`` list is split into the stem
+                       (``patch_embed``) and the main stage, see :mod:`hieradet.checkpoint.hivit`.
 
 Classifier heads, final norms, MAE decoders and mask tokens are dropped; timm's layer scale
 (``ls1.gamma``/``ls2.gamma``) is folded into the preceding ``attn.proj``/``mlp.fc2`` (exact up to rounding).
@@ -40,6 +43,8 @@ __all__ = [
     "convert_state_dict",
     "build_converted_checkpoint",
     "default_prefix",
+    "backbone_classes",
+    "is_new_by_design",
     "config_overrides",
     "METADATA_KEY",
     "summarize",
@@ -54,6 +59,7 @@ SOURCE_FORMATS = {
     "timm_hiera_abswin": "timm abs-win Hiera (hiera_*_abswin_256)",
     "sam2": "SAM 2 image encoder trunk",
     "timm_hieradet": "timm SAM 2 trunk port (sam2_hiera_*, hieradet_small)",
+    "hivit": "official HiViT (zhangxiaosong18/hivit)",
 }
 
 # keys that belong to pretraining or classification only
@@ -71,6 +77,22 @@ _DROP_PREFIXES = (
 )
 _SAM2_TRUNK = "image_encoder.trunk."
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_HIVIT_MERGE = re.compile(r"^blocks\.\d+\.reduction\.weight$")
+
+
+def backbone_classes() -> Dict[str, type]:
+    """``{arch: class}`` of the backbones converted checkpoints are made for (``ConversionResult.arch``)."""
+    from ..modeling.hieradet import HieraDet
+    from ..modeling.hivit import HiViT
+    from ..modeling.vit import ViT
+
+    return {"HieraDet": HieraDet, "ViT": ViT, "HiViT": HiViT}
+
+
+def is_new_by_design(key: str) -> bool:
+    """Whether a backbone-relative key is absent from converted checkpoints on purpose: the relative position
+    tables (new, zero-initialised on the global blocks) and HiViT's output norms."""
+    return key.endswith(("rel_pos_h", "rel_pos_w")) or key.startswith("out_norms.")
 
 
 @dataclass
@@ -91,6 +113,8 @@ class ConversionResult:
         embed_before / embed_after: position-embedding shapes in the source / the result.
         new_keys: backbone keys the result lacks by design (relative position tables of global blocks).
         notes: anything the user should know (equivalence, recommended windows).
+
+    ``arch`` is ``"HieraDet"``, ``"ViT"`` or ``"HiViT"``; ``new_keys`` also lists HiViT's output norms.
     """
 
     state_dict: Dict[str, torch.Tensor]
@@ -198,6 +222,8 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
             + "; ".join(f"{k} ({v})" for k, v in SOURCE_FORMATS.items())
             + f". First keys of this file: {keys[:6]}"
         )
+    if "absolute_pos_embed" in sd and any(_HIVIT_MERGE.match(k) for k in keys):
+        return "hivit"
     if "pos_embed_window" in sd:
         return "sam2" if any(".mlp.layers.0." in k for k in keys) else "timm_hieradet"
     if "pos_embed_win" in sd or "pos_embed_abs" in sd:
@@ -211,7 +237,8 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
     shape = None if pe is None else tuple(pe.shape)
     raise CheckpointError(
         f"unknown checkpoint format: transformer blocks found but `pos_embed` is {shape}; expected (1, N, C) "
-        "(MAE ViT, official Hiera) or (1, C, h, w) with `pos_embed_win` (timm abs-win) / `pos_embed_window` (SAM 2)"
+        "(MAE ViT, official Hiera) or (1, C, h, w) with `pos_embed_win` (timm abs-win) / `pos_embed_window` (SAM 2); "
+        "HiViT files have `absolute_pos_embed` and `blocks.N.reduction` patch merges"
     )
 
 
@@ -461,11 +488,65 @@ def _convert_vit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> Conve
     )
 
 
-def _build_meta_backbone(arch: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    from ..modeling.hieradet import HieraDet
-    from ..modeling.vit import ViT
+def _convert_hivit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> ConversionResult:
+    from ..modeling.hivit import HIVIT_SIZES, hivit_kwargs
+    from .hivit import _map_official_keys, official_hivit_layout
 
-    cls = HieraDet if arch == "HieraDet" else ViT
+    layout = official_hivit_layout(sd)
+    out, renamed, dropped, unknown = _map_official_keys(sd)
+    out.update({k: sd[k] for k in unknown})  # kept under their names: the check against the model refuses them
+    embed_dim, depths = layout["embed_dim"], tuple(layout["depths"])
+    grid = int(out["pos_embed.window_embed"].shape[-1])
+    patch_size = 4 * int(out["patch_embed.proj.weight"].shape[-1])  # stride-4 stem, two 2x2 merges
+    size = _match_size(HIVIT_SIZES, embed_dim=embed_dim, depths=depths)
+    heads = res_args.get("num_heads") or layout["main_heads"]
+    embed: Dict[str, Any] = dict(
+        pretrain_img_size=res_args["pretrain_img_size"] or grid * patch_size,
+        pos_embed=res_args["pos_embed"] or "abswin",
+    )
+    if patch_size != 16:
+        embed["patch_size"] = patch_size
+    notes = [
+        f"the {grid}x{grid} absolute_pos_embed grid is the tile: with pos_embed='abswin' every {grid}x{grid} "
+        f"main-stage window ({grid * patch_size} px) sees exactly the pretrained embedding"
+    ]
+    if any(k.endswith("relative_position_bias_table") for k in dropped):
+        notes.append(
+            "dropped the Swin-style relative position bias tables (one scalar per distance and head: no decomposed "
+            "relpos equivalent); the global blocks get new, zero-initialised relpos, as in the authors' detection "
+            "config (rpe=False)"
+        )
+    if size is not None:
+        kwargs = hivit_kwargs(size, **embed)
+    else:
+        kwargs = dict(embed_dim=embed_dim, depths=depths, **embed)
+        if heads is None:
+            notes.append("custom HiViT size without relative position tables: set num_heads in the config")
+    if heads is not None:
+        kwargs["num_heads"] = heads
+    for name, key, width, default in (
+        ("mlp_ratio", "blocks.0.mlp.fc1.weight", embed_dim, 4.0),
+        ("stem_mlp_ratio", "patch_embed.stage1.0.mlp.fc1.weight", embed_dim // 4, 3.0),
+    ):
+        if key in out and out[key].shape[0] != default * width:  # (a missing key is reported by the model check)
+            kwargs[name] = out[key].shape[0] / width
+    return ConversionResult(
+        state_dict=out,
+        source_format="hivit",
+        arch="HiViT",
+        size=size,
+        backbone_kwargs=kwargs,
+        embed_kwargs=embed,
+        renamed=renamed,
+        dropped=dropped,
+        embed_before={"absolute_pos_embed": tuple(sd["absolute_pos_embed"].shape)},
+        embed_after={"pos_embed.window_embed": tuple(out["pos_embed.window_embed"].shape)},
+        notes=notes,
+    )
+
+
+def _build_meta_backbone(arch: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    cls = backbone_classes()[arch]
     kw = dict(kwargs)
     kw.setdefault("num_heads", 1)  # heads do not change any weight shape that comes from a checkpoint
     with torch.device("meta"):
@@ -482,7 +563,7 @@ def _verify_against_model(result: ConversionResult, strict: bool) -> None:
         if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape)
     ]
     missing = [k for k in model_sd if k not in result.state_dict]
-    by_design = [k for k in missing if k.endswith(("attn.rel_pos_h", "attn.rel_pos_w"))]
+    by_design = [k for k in missing if is_new_by_design(k)]
     other_missing = [k for k in missing if k not in by_design]
     if wrong:
         raise CheckpointError(f"converted weights do not fit a {result.arch} built from them: {wrong[:5]}")
@@ -492,14 +573,17 @@ def _verify_against_model(result: ConversionResult, strict: bool) -> None:
             f"(e.g. {other_missing[:5]}); is the file complete?"
         )
     if unexpected:
+        source_key = {new: old for old, new in result.renamed}  # name them as the file does
+        named = [source_key.get(k, k) for k in unexpected]
         if strict:
             raise CheckpointError(
                 f"{len(unexpected)} keys of the {SOURCE_FORMATS[result.source_format]} checkpoint have no place in "
-                f"{result.arch}: {unexpected[:8]} (pass strict=False / --non-strict to drop them)"
+                f"{result.arch}: {named[:8]} (pass strict=False / --non-strict to drop them)"
             )
         for k in unexpected:
             result.state_dict.pop(k)
-            result.dropped.append(k)
+        result.renamed = [(old, new) for old, new in result.renamed if new not in unexpected]
+        result.dropped.extend(named)
     result.new_keys = by_design
 
 
@@ -546,6 +630,8 @@ def convert_state_dict(
     res_args = dict(pos_embed=pos_embed, pretrain_img_size=pretrain_img_size, num_heads=num_heads)
     if detected == "mae_vit":
         result = _convert_vit(sd, res_args)
+    elif detected == "hivit":
+        result = _convert_hivit(sd, res_args)
     else:
         result = _convert_hiera(sd, detected, res_args)
     if outside:
@@ -557,6 +643,7 @@ def convert_state_dict(
             f"embed_dim={result.backbone_kwargs['embed_dim']}, "
             + (f"stages={result.backbone_kwargs['stages']}" if result.arch == "HieraDet" else "")
             + (f"depth={result.backbone_kwargs['depth']}" if result.arch == "ViT" else "")
+            + (f"depths={tuple(result.backbone_kwargs['depths'])}" if result.arch == "HiViT" else "")
         )
         raise CheckpointError(
             f"size mismatch: the checkpoint is {result.arch}-{result.size or 'custom'} ({shape}), "
@@ -573,13 +660,13 @@ def convert_state_dict(
 
 def default_prefix(arch: str) -> str:
     """Key prefix of the backbone in the project's detection configs (full model keys)."""
-    return {"HieraDet": "backbone.bottom_up.", "ViT": "backbone.net."}[arch]
+    return {"HieraDet": "backbone.bottom_up.", "HiViT": "backbone.bottom_up.", "ViT": "backbone.net."}[arch]
 
 
 def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] = None, source_file: str = "") -> dict:
     """The dict to ``torch.save``: ``{"model": {prefix + key: tensor}, "__hieradet__": metadata}``.
 
-    ``prefix`` defaults to :func:`default_prefix` (``backbone.bottom_up.`` for HieraDet under an FPN,
+    ``prefix`` defaults to :func:`default_prefix` (``backbone.bottom_up.`` for HieraDet / HiViT under an FPN,
     ``backbone.net.`` for ViT under a SimpleFeaturePyramid), so ``train.init_checkpoint`` loads it with
     exact keys; ``""`` keeps backbone-relative keys (for ``backbone.load_state_dict``).
     """
@@ -631,7 +718,8 @@ def summarize(result: ConversionResult, prefix: str) -> List[str]:
         f"target        : {result.arch}-{result.size or 'custom'} with keys under {prefix!r}",
         f"keys          : {len(result.state_dict)} written, {len(result.renamed)} renamed, "
         f"{len(result.dropped)} dropped, {len(result.folded)} layer-scale vectors folded, "
-        f"{len(result.new_keys)} new by design (relative position tables of global blocks)",
+        f"{len(result.new_keys)} new by design (relative position tables of global blocks"
+        + (", output norms)" if result.arch == "HiViT" else ")"),
     ]
     for k, shape in result.embed_before.items():
         lines.append(f"embedding in  : {k} {shape}")

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .convert import METADATA_KEY, grid_from_tokens
+from .convert import build_converted_checkpoint, convert_state_dict, grid_from_tokens
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
 
 __all__ = [
@@ -119,16 +119,10 @@ def official_hivit_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, obje
     }
 
 
-def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Official HiViT (MAE or classification) state dict -> :class:`HiViT` state dict (backbone-relative keys).
-
-    Accepts the raw state dict or a checkpoint dict holding it (``model`` / ``state_dict``, ``module.`` prefix).
-    See the module doc for the key map and what is dropped; unknown keys are dropped with a warning.
-
-    Raises:
-        CheckpointError: the keys are not those of an official 3-stage HiViT.
-    """
-    state_dict = _state_dict(state_dict)
+def _map_official_keys(
+    state_dict: Dict[str, torch.Tensor],
+) -> Tuple[Dict[str, torch.Tensor], List[Tuple[str, str]], List[str], List[str]]:
+    """The key map of :func:`official_hivit_to_hivit`: (converted, renamed pairs, dropped keys, unknown keys)."""
     kinds: List[str] = official_hivit_layout(state_dict)["kinds"]
     prefix: Dict[int, str] = {}  # official block index -> our module prefix
     stage, counts = 1, {1: 0, 2: 0, 3: 0}
@@ -141,6 +135,7 @@ def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
             counts[stage] += 1
 
     out: Dict[str, torch.Tensor] = {}
+    renamed: List[Tuple[str, str]] = []
     dropped, unknown = [], []
     for k, v in state_dict.items():
         if k.startswith(_DROP_PREFIXES) or k.endswith(_DROP_SUFFIXES):
@@ -149,6 +144,7 @@ def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
             out[k] = v
         elif k == "absolute_pos_embed":
             out["pos_embed.window_embed"] = grid_from_tokens(v)
+            renamed.append((k, "pos_embed.window_embed"))
         else:
             m = _BLOCK_KEY.match(k)
             rest = m.group(2) if m else ""
@@ -159,8 +155,24 @@ def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
                     m = None
             if m:
                 out[prefix[int(m.group(1))] + rest] = v
+                if prefix[int(m.group(1))] + rest != k:
+                    renamed.append((k, prefix[int(m.group(1))] + rest))
             else:
                 unknown.append(k)
+    return out, renamed, dropped, unknown
+
+
+def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official HiViT (MAE or classification) state dict -> :class:`HiViT` state dict (backbone-relative keys).
+
+    Accepts the raw state dict or a checkpoint dict holding it (``model`` / ``state_dict``, ``module.`` prefix).
+    See the module doc for the key map and what is dropped; unknown keys are dropped with a warning
+    (``convert_state_dict(..., source="hivit")`` refuses them instead, unless ``strict=False``).
+
+    Raises:
+        CheckpointError: the keys are not those of an official 3-stage HiViT.
+    """
+    out, _, dropped, unknown = _map_official_keys(_state_dict(state_dict))
     if dropped:
         logger.info("HiViT conversion dropped %d keys (classifier, MAE decoder, relative position bias)", len(dropped))
     if unknown:
@@ -173,33 +185,20 @@ def build_hivit_checkpoint(
 ) -> Dict[str, Any]:
     """The dict to ``torch.save`` for ``train.init_checkpoint``: ``{"model": {prefix + key: tensor}, metadata}``.
 
+    The same as ``tools/convert_checkpoint.py`` writes for a HiViT file (it goes through
+    :func:`~hieradet.checkpoint.convert.convert_state_dict` with ``source="hivit"``, so the weights are checked
+    against a HiViT of the checkpoint's architecture and unknown keys are refused).
+
     Args:
         checkpoint: path to an official HiViT file, or its (loaded) state dict.
         prefix: where the HiViT sits in the detector (``backbone.bottom_up.`` under detectron2's FPN); ``""``
             for backbone-relative keys.
         num_heads: main-stage heads, recorded in the metadata (not stored in MAE weights); ``None``: read from
-            the relative position bias tables when present.
+            the relative position bias tables when present, else the preset's of a preset size.
     """
-    sd = _state_dict(checkpoint)
-    layout = official_hivit_layout(sd)
-    converted = official_hivit_to_hivit(sd)
-    if prefix and not prefix.endswith("."):
-        prefix += "."
-    meta = {
-        "version": 1,
-        "source_format": "hivit",
-        "source_file": checkpoint if isinstance(checkpoint, str) else "",
-        "arch": "HiViT",
-        "prefix": prefix,
-        "backbone_kwargs": {
-            "embed_dim": layout["embed_dim"],
-            "depths": list(layout["depths"]),
-            "num_heads": num_heads or layout["main_heads"],
-            "pretrain_img_size": None if layout["pretrain_grid"] is None else 16 * layout["pretrain_grid"],
-        },
-        "new_keys": ["relative position tables of the global blocks", "output norms (out_norms.*)"],
-    }
-    return {"model": {prefix + k: v for k, v in converted.items()}, METADATA_KEY: meta}
+    result = convert_state_dict(_state_dict(checkpoint), source="hivit", num_heads=num_heads)
+    source_file = checkpoint if isinstance(checkpoint, str) else ""
+    return build_converted_checkpoint(result, prefix, source_file=source_file)
 
 
 def load_official_hivit(
