@@ -1,9 +1,10 @@
 """Turns a COCO LazyConfig into its LVIS v1 variant, as ViTDet trains on LVIS.
 
-Repeat-factor sampling (threshold 0.001), 1203 classes with sigmoid cross-entropy and the federated
-loss (class weights ``image_count ** 0.5``), score threshold 0.02 and up to 300 detections per image,
-evaluated by the LVIS evaluator with 300 detections per image. Apply it before ``make_cascade``: the
-cascade predictors copy these settings.
+Repeat-factor sampling (threshold 0.001; ``hieradet.utils.resume.ResumableTrainingSampler`` with
+detectron2's per-image repeat factors, so that ``--resume`` continues the stream), 1203 classes with
+sigmoid cross-entropy and the federated loss (class weights ``image_count ** 0.5``), score threshold
+0.02 and up to 300 detections per image, evaluated by the LVIS evaluator with 300 detections per
+image. Apply it before ``make_cascade``: the cascade predictors copy these settings.
 """
 
 from detectron2.config import LazyCall as L
@@ -11,6 +12,7 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 from hieradet.engine import FedLossClassWeights
 from hieradet.evaluation import LVISEvaluator
+from hieradet.utils.resume import ResumableTrainingSampler
 
 LVIS_NUM_CLASSES = 1203
 
@@ -18,10 +20,14 @@ LVIS_NUM_CLASSES = 1203
 def make_lvis(model, dataloader, train_names="lvis_v1_train", test_names="lvis_v1_val"):
     """Edits a Mask R-CNN ``model`` and COCO ``dataloader`` LazyConfig in place for LVIS."""
     dataloader.train.dataset.names = train_names
-    dataloader.train.sampler = L(RepeatFactorTrainingSampler)(
+    # detectron2's RepeatFactorTrainingSampler's sampling (stochastic rounding of the repeat factors each
+    # epoch, then a shuffle), resumable at any iteration
+    dataloader.train.sampler = L(ResumableTrainingSampler)(
         repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
             dataset_dicts="${dataloader.train.dataset}", repeat_thresh=0.001
-        )
+        ),
+        shuffle=True,
+        seed=None,
     )
     dataloader.test.dataset.names = test_names
     dataloader.evaluator = L(LVISEvaluator)(dataset_name="${..test.dataset.names}", max_dets_per_image=300)

@@ -7,7 +7,8 @@ becomes a :class:`CheckpointError` naming the file and the likely cause.
 
 import os
 import pickle
-from typing import Any, Dict, Mapping, Tuple
+import zipfile
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -50,6 +51,19 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
                 f"cannot read safetensors checkpoint {path} ({size} bytes): the file is truncated or corrupt "
                 f"({type(e).__name__}: {e})"
             ) from e
+    kind = _torch_file_kind(path)
+    if kind is None:
+        # checked before unpickling: random bytes would otherwise be reported as "pickled Python objects ...
+        # pass allow_pickle=True", sending the user to an unsafe option for a file that is simply damaged
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({size} bytes): not a torch checkpoint: truncated or corrupt "
+            "(neither a complete zip archive, as torch.save writes, nor a legacy pickle); download or copy it again"
+        )
+    if kind == "partial zip":
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({size} bytes): not a torch checkpoint: truncated or corrupt (a zip "
+            "archive without its end record: an incomplete download or copy?); download or copy it again"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
@@ -67,6 +81,21 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
             f"cannot read checkpoint {path} ({size} bytes): the file is truncated or corrupt "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
+
+
+def _torch_file_kind(path: str) -> Optional[str]:
+    """What ``path`` looks like: ``"zip"`` (``torch.save`` since torch 1.6), ``"pickle"`` (legacy format:
+    first byte ``0x80``, the pickle protocol opcode), ``"partial zip"`` (zip magic but no end record: a
+    truncated file) or ``None`` (neither)."""
+    if zipfile.is_zipfile(path):
+        return "zip"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        return "pickle"
+    if head == b"PK\x03\x04":
+        return "partial zip"
+    return None
 
 
 def _strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> Dict[str, Any]:

@@ -3,7 +3,18 @@
 A config provides ``model``, ``optimizer`` (whose ``params.model`` is filled in here),
 ``lr_multiplier``, ``dataloader.{train,test,evaluator}`` and ``train`` (``output_dir``,
 ``init_checkpoint``, ``max_iter``, ``amp``, ``ddp``, ``checkpointer``, ``eval_period``,
-``log_period``, ``device``), as detectron2's ``common/train.py`` defines it.
+``log_period``, ``device``, optionally ``seed``), as detectron2's ``common/train.py`` defines it.
+
+Besides detectron2's loop, ``do_train``:
+
+* trains a box-only model when the training datasets have no masks (:func:`hieradet.utils.box_only.auto_box_only`);
+* checks every input batch (:func:`hieradet.utils.guards.install_input_guard`): a NaN/inf image stops the
+  run naming the iteration and file, an image larger than the backbone's ``square_pad`` is rejected;
+* with ``train.seed`` set and a :class:`hieradet.utils.resume.ResumableTrainingSampler` in the train
+  loader, registers :class:`hieradet.utils.resume.DeterministicResumeHook`, so ``--resume`` continues
+  the data stream (and, with ``num_workers=0`` and no aspect-ratio grouping, repeats the losses exactly);
+* wraps the model in DDP without ``device_ids`` on the CPU (gloo), which detectron2's
+  ``create_ddp_model`` would set to the local rank.
 """
 
 import logging
@@ -16,6 +27,9 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from hieradet.checkpoint import HieraDetCheckpointer
+from hieradet.utils.box_only import auto_box_only
+from hieradet.utils.guards import install_input_guard
+from hieradet.utils.resume import DeterministicResumeHook, find_sampler
 
 from .datasets import check_datasets, config_dataset_names
 
@@ -37,10 +51,38 @@ def _check_device(cfg) -> str:
 
 
 def build_model(cfg) -> torch.nn.Module:
-    """Instantiates ``cfg.model`` on ``cfg.train.device``."""
+    """Instantiates ``cfg.model`` on ``cfg.train.device``, with the input guard
+    (:func:`hieradet.utils.guards.install_input_guard`) installed."""
     device = _check_device(cfg)
     model = instantiate(cfg.model)
+    install_input_guard(model)
     return model.to(device)
+
+
+def _wrap_ddp(cfg, model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """detectron2's ``create_ddp_model``, with ``device_ids=None`` off CUDA (it would pass the local rank,
+    which DDP rejects for CPU modules)."""
+    if not str(cfg.train.get("device", "cuda")).startswith("cuda"):
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
+
+
+def _train_seed(cfg) -> Optional[int]:
+    seed = cfg.train.get("seed", None)
+    return None if seed is None or int(seed) < 0 else int(seed)
+
+
+def _auto_box_only(cfg) -> None:
+    """Makes the config box-only if the training datasets have no masks (reads the datasets once more)."""
+    heads = cfg.model.get("roi_heads") if hasattr(cfg.model, "get") else None
+    if not hasattr(heads, "get") or heads.get("mask_head") is None:
+        return  # no mask branch (already box-only, or not an R-CNN config): masks do not matter
+    train = cfg.dataloader.get("train")
+    dataset = train.get("dataset") if train is not None else None
+    names = dataset.get("names") if hasattr(dataset, "get") else None
+    if not names:
+        return  # not a get_detection_dataset_dicts(names=...) loader: nothing to inspect
+    auto_box_only(cfg, names)  # logs what it changed
 
 
 def do_test(cfg, model) -> Dict[str, Dict[str, float]]:
@@ -76,6 +118,7 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
     if cfg.train.max_iter <= 0:
         raise ValueError(f"train.max_iter must be positive, got {cfg.train.max_iter}")
     check_datasets(config_dataset_names(cfg))
+    _auto_box_only(cfg)
     model = build_model(cfg)
     logger.info("Model:\n%s", model)
 
@@ -83,7 +126,7 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = _wrap_ddp(cfg, model, **cfg.train.ddp)
     use_amp = bool(cfg.train.amp.enabled)
     if use_amp and not str(cfg.train.device).startswith("cuda"):
         logger.warning("train.amp.enabled=True needs CUDA; training on %s in fp32 instead", cfg.train.device)
@@ -98,9 +141,19 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
         last_results.update(do_test(cfg, model))
         return last_results
 
+    seed = _train_seed(cfg)
+    resume_hook = None
+    if seed is not None and find_sampler(train_loader) is not None:
+        resume_hook = DeterministicResumeHook(seed=seed)
+    elif seed is not None:
+        logger.info(
+            "train.seed is set but the train loader has no ResumableTrainingSampler: a resumed run restarts "
+            "the data stream"
+        )
     main = comm.is_main_process()
     trainer.register_hooks(
         [
+            resume_hook,
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
@@ -136,6 +189,6 @@ def load_for_eval(cfg, model: Optional[torch.nn.Module] = None) -> torch.nn.Modu
     """Builds the model (unless given) and loads ``train.init_checkpoint`` into it for evaluation."""
     if model is None:
         model = build_model(cfg)
-    model = create_ddp_model(model)
+    model = _wrap_ddp(cfg, model)
     HieraDetCheckpointer(model).load(cfg.train.init_checkpoint)
     return model

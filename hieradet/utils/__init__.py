@@ -1,0 +1,20 @@
+"""Reliability helpers: input guards, a box-only switch, exactly resumable training, tiny test configs.
+
+Nothing here is imported by ``hieradet`` itself; import the submodules you need.
+"""
+
+from .box_only import auto_box_only, dataset_has_masks, set_box_only
+from .guards import check_finite_inputs, check_square_size, install_input_guard, with_input_guard
+from .resume import DeterministicResumeHook, ResumableTrainingSampler
+
+__all__ = [
+    "DeterministicResumeHook",
+    "ResumableTrainingSampler",
+    "auto_box_only",
+    "check_finite_inputs",
+    "check_square_size",
+    "dataset_has_masks",
+    "install_input_guard",
+    "set_box_only",
+    "with_input_guard",
+]
