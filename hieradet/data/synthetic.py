@@ -63,6 +63,7 @@ _DEFS = {
 }
 
 _TEXTURES = ("solid", "stripes", "checker", "gradient", "noise")
+_DEFAULT_STYLE = dict(textures=_TEXTURES, size_range=(0.06, 0.28), background_noise=12.0, category_colours=False)
 
 
 def annotation_files(root: str, fmt: str) -> Dict[str, str]:
@@ -148,9 +149,17 @@ def _hsv_colour(rng: np.random.Generator, sat=(0.4, 1.0), val=(0.35, 1.0)) -> np
     return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*sat), rng.uniform(*val))) * 255.0
 
 
-def _texture(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
-    """An (h, w, 3) float image with a texture in random colours."""
-    c1 = _hsv_colour(rng)
+def _category_colour(rng: np.random.Generator, cat: int, k: int) -> np.ndarray:
+    """A saturated colour whose hue is fixed by the category (``cat`` of ``k``), jittered slightly."""
+    import colorsys
+
+    hue = (cat / k + rng.uniform(-0.25, 0.25) / k) % 1.0
+    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.7, 1.0))) * 255.0
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, kind: str, c1: Optional[np.ndarray] = None) -> np.ndarray:
+    """An (h, w, 3) float image with a texture in random colours (the first one is ``c1`` when given)."""
+    c1 = _hsv_colour(rng) if c1 is None else c1
     if kind == "solid":
         return np.broadcast_to(c1, (h, w, 3)).copy()
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -172,7 +181,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
 
 
-def _background(rng: np.random.Generator, h: int, w: int, clutter: int) -> np.ndarray:
+def _background(rng: np.random.Generator, h: int, w: int, clutter: int, noise: float = 12.0) -> np.ndarray:
     import cv2
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -181,7 +190,7 @@ def _background(rng: np.random.Generator, h: int, w: int, clutter: int) -> np.nd
     proj = xx * math.cos(theta) + yy * math.sin(theta)
     t = ((proj - proj.min()) / max(float(np.ptp(proj)), 1.0))[..., None]
     img = c1 * (1 - t) + c2 * t
-    img = img + rng.normal(0, 12, (h, w, 3))
+    img = img + rng.normal(0, noise, (h, w, 3))
     img = np.clip(img, 0, 255).astype(np.uint8)
     # clutter: thin strokes and small blobs that are not objects
     for _ in range(clutter):
@@ -233,10 +242,15 @@ def _segm_stats(segm, h: int, w: int) -> Tuple[float, List[float]]:
     return float(mask_util.area(rle)), [round(float(v), 2) for v in mask_util.toBbox(rle)]
 
 
-def _render_image(rng, h, w, cat_probs, cat_caps, counts, max_objects, min_visible, clutter, mask_format, force=None):
+def _render_image(
+    rng, h, w, cat_probs, cat_caps, counts, max_objects, min_visible, clutter, mask_format, force=None, style=None
+):
     """One image: (uint8 HxWx3 array, list of objects {category (0-based), segmentation, area, bbox}).
-    ``force``: a category the topmost object gets (so it is never occluded)."""
-    img = _background(rng, h, w, clutter)
+    ``force``: a category the topmost object gets (so it is never occluded). ``style``: dict with ``textures``,
+    ``size_range``, ``background_noise``, ``category_colours`` (see :func:`generate_synthetic_dataset`)."""
+    style = style or _DEFAULT_STYLE
+    textures, (r_min, r_max) = style["textures"], style["size_range"]
+    img = _background(rng, h, w, clutter, style["background_noise"])
     n = int(rng.integers(1, max_objects + 1))
     side = min(h, w)
     candidates = []
@@ -249,14 +263,14 @@ def _render_image(rng, h, w, cat_probs, cat_caps, counts, max_objects, min_visib
         cat = int(rng.choice(len(probs), p=probs / probs.sum()))
         if force is not None and j == n - 1:
             cat = force
-        r = side * math.exp(rng.uniform(math.log(0.06), math.log(0.28)))
+        r = side * math.exp(rng.uniform(math.log(r_min), math.log(r_max)))
         aspect = math.exp(rng.uniform(-0.35, 0.35))
         angle = rng.uniform(0, 2 * math.pi)
         cx, cy = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
         mask = _shape_mask(CATEGORY_NAMES[cat], h, w, cx, cy, r, aspect, angle)
         if mask.sum() < 16:
             continue
-        candidates.append((cat, mask, _TEXTURES[int(rng.integers(len(_TEXTURES)))]))
+        candidates.append((cat, mask, textures[int(rng.integers(len(textures)))]))
     # visibility from the top (last painted) down: an object hidden too much is not painted at all
     kept, above = [], np.zeros((h, w), bool)
     for cat, mask, tex in reversed(candidates):
@@ -268,7 +282,8 @@ def _render_image(rng, h, w, cat_probs, cat_caps, counts, max_objects, min_visib
     kept.reverse()
     objects = []
     for cat, mask, visible, tex in kept:
-        img[mask] = _texture(rng, h, w, tex)[mask]
+        c1 = _category_colour(rng, cat, len(cat_probs)) if style["category_colours"] else None
+        img[mask] = _texture(rng, h, w, tex, c1)[mask]
         if mask_format == "polygon":
             segm = _mask_to_polygons(visible, min_area=2.0)
             if not segm:
@@ -301,6 +316,10 @@ def generate_synthetic_dataset(
     mask_format: str = "polygon",
     long_tail: Optional[float] = None,
     jpeg_quality: int = 92,
+    textures: Sequence[str] = _TEXTURES,
+    size_range: Tuple[float, float] = (0.06, 0.28),
+    background_noise: float = 12.0,
+    category_colours: bool = False,
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> Dict[str, str]:
     """Writes a synthetic instance-segmentation dataset (images + train/val json) under ``root``.
@@ -319,6 +338,16 @@ def generate_synthetic_dataset(
         long_tail (float): Zipf exponent of the category sampling (default 0 for COCO = balanced, 1.2 for
             LVIS); with LVIS the rarest quarter of the categories is also capped to a few train images.
         jpeg_quality (int): JPEG quality of the written images.
+        textures (sequence of str): object textures to draw from (any of ``"solid"``, ``"stripes"``,
+            ``"checker"``, ``"gradient"``, ``"noise"``; default all). ``("solid",)`` gives plain objects.
+        size_range ((float, float)): object radius range as fractions of the shorter image side (log-uniform).
+        background_noise (float): standard deviation of the background's pixel noise (0-255 scale).
+        category_colours (bool): if True, an object's (first) colour has a hue fixed by its category (slightly
+            jittered), so colour tells the categories apart; if False (default), colours are random.
+
+    The defaults make a hard, cluttered task (textures, clutter, occlusion, small objects). An easy, quickly
+    learnable one (what ``tools/demo_train.py`` trains on): ``num_categories=3, textures=("solid",),
+    size_range=(0.1, 0.25), clutter=2, max_objects=4, min_visible=0.8, category_colours=True``.
         progress (callable): called as ``progress(split, done, total)`` after each image.
 
     Returns:
@@ -349,6 +378,22 @@ def generate_synthetic_dataset(
         raise ValueError(f"min_visible must be in (0, 1], got {min_visible}")
     if long_tail is None:
         long_tail = 0.0 if fmt == "coco" else 1.2
+    textures = tuple(textures)
+    bad = [t for t in textures if t not in _TEXTURES]
+    if not textures or bad:
+        raise ValueError(f"textures must be a non-empty subset of {_TEXTURES}, got {textures!r}")
+    if len(size_range) != 2 or not 0.0 < size_range[0] <= size_range[1] <= 1.0:
+        raise ValueError(f"size_range must be (min, max) with 0 < min <= max <= 1, got {size_range!r}")
+    if background_noise < 0:
+        raise ValueError(f"background_noise must be >= 0, got {background_noise}")
+    if clutter < 0:
+        raise ValueError(f"clutter must be >= 0, got {clutter}")
+    style = dict(
+        textures=textures,
+        size_range=(float(size_range[0]), float(size_range[1])),
+        background_noise=float(background_noise),
+        category_colours=bool(category_colours),
+    )
 
     from PIL import Image
 
@@ -376,7 +421,7 @@ def generate_synthetic_dataset(
             # the first train images each show one category (rarest first), so no category is left empty
             force = k - 1 - i if split == "train" and i < k else None
             img, objects = _render_image(
-                rng, h, w, probs, split_caps, img_counts, max_objects, min_visible, clutter, mask_format, force
+                rng, h, w, probs, split_caps, img_counts, max_objects, min_visible, clutter, mask_format, force, style
             )
             file_name = f"{next_img:012d}.jpg"
             Image.fromarray(img).save(os.path.join(root, split, file_name), quality=jpeg_quality)

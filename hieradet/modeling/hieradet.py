@@ -14,12 +14,11 @@ import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights
+from .base import PaddedBackbone, check_img_size, check_square_pad
 from .pos_embed import AbsWinPosEmbed
-from .validation import check_img_size, check_square_pad
 
 __all__ = ["HieraDet", "HIERA_SIZES", "hieradet_kwargs", "default_global_blocks", "stage_ends"]
 
@@ -61,7 +60,7 @@ def default_global_blocks(stages: Sequence[int], num_global: int = 3, spacing: O
     return blocks
 
 
-class HieraDet(Backbone):
+class HieraDet(PaddedBackbone):
     """Hiera backbone for detection: four BHWC stages, returned as NCHW features ``scale2``-``scale5``.
 
     Args:
@@ -207,14 +206,6 @@ class HieraDet(Backbone):
                 self._out_feature_strides[name] = stride
         self._out_features = list(out_features)
         self.apply(init_weights)
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self.size_divisibility, "square_size": self.square_pad}
-
-    @property
-    def size_divisibility(self) -> int:
-        return max(self._out_feature_strides.values())
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Args: x: (B, C, H, W) images. Returns: dict of NCHW features for ``out_features``."""

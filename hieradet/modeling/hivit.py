@@ -28,14 +28,13 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import RELPOS_MODES, Block, DropPath, LayerNorm, Mlp, PatchEmbed, init_weights, pool_hw
+from .base import PaddedBackbone, check_img_size, check_square_pad
 from .pos_embed import AbsWinPosEmbed
-from .validation import check_img_size, check_square_pad
 
 __all__ = [
     "HiViT",
@@ -171,7 +170,7 @@ class HierarchicalPatchEmbed(PatchEmbed):
         return x4, x8, self.merge2(x8)
 
 
-class HiViT(Backbone):
+class HiViT(PaddedBackbone):
     """HiViT backbone for detection: returns NCHW features ``scale2``-``scale5`` (strides 4, 8, 16, 32).
 
     Args:
@@ -296,14 +295,6 @@ class HiViT(Backbone):
             nn.ModuleDict({n: LayerNorm(c) for n, c in self._out_feature_channels.items()}) if out_norm else None
         )
         self.apply(init_weights)
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self.size_divisibility, "square_size": self.square_pad}
-
-    @property
-    def size_divisibility(self) -> int:
-        return max(self._out_feature_strides.values())
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Args: x: (B, C, H, W) images. Returns: dict of NCHW features for ``out_features``."""

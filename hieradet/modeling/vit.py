@@ -11,12 +11,11 @@ only (``relpos="global"``). ``pos_embed="interpolate", relpos="all"`` is detectr
 from typing import Dict, Sequence
 
 import torch
-from detectron2.modeling.backbone import Backbone
 from torch import nn
 
 from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights
+from .base import PaddedBackbone, check_img_size, check_square_pad
 from .pos_embed import AbsWinPosEmbed
-from .validation import check_img_size, check_square_pad
 
 __all__ = ["ViT", "VIT_SIZES", "vit_kwargs"]
 
@@ -28,7 +27,7 @@ VIT_SIZES = {
 }
 
 
-class ViT(Backbone):
+class ViT(PaddedBackbone):
     """Plain ViT backbone with window attention, global blocks and abs-win position embeddings.
 
     Args:
@@ -109,10 +108,6 @@ class ViT(Backbone):
         self._out_feature_channels = {out_feature: embed_dim}
         self._out_feature_strides = {out_feature: patch_size}
         self.apply(init_weights)
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self._out_feature_strides[self._out_features[0]], "square_size": self.square_pad}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Args: x: (B, C, H, W). Returns: ``{out_feature: (B, embed_dim, H/16, W/16)}``."""
