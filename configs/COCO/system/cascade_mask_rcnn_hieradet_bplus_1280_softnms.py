@@ -1,7 +1,8 @@
 """System-level Cascade Mask R-CNN, HieraDet-B+, COCO: 1280 px, linear soft-NMS, single-scale test.
 
 Paper 001 Tab. 11 (single-scale test, box / mask AP on minival): 58.5 / 50.4.
-``cascade_mask_rcnn_hieradet_bplus_100ep.py`` with the settings of ``configs/common/system.py``. Multi-scale + flip test: the ``_tta`` variant.
+``cascade_mask_rcnn_hieradet_bplus_100ep.py`` with the settings of
+``configs/common/system.py``. Multi-scale + flip test: the ``_tta`` variant.
 """
 
 from ...common.system import to_system_level
