@@ -45,6 +45,8 @@ __all__ = [
     "PatchEmbed",
     "init_weights",
     "RELPOS_MODES",
+    "plain_vit_blocks",
+    "uses_rel_pos",
     "clear_workspace",
     "set_workspace_enabled",
 ]
@@ -420,3 +422,46 @@ def init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+def uses_rel_pos(relpos: str, window_size: int) -> bool:
+    """Whether a block gets relative position embeddings under the ``relpos`` placement
+    (``"global"``: only global-attention blocks, i.e. ``window_size == 0``; ``"all"``; ``"none"``)."""
+    return relpos == "all" or (relpos == "global" and window_size == 0)
+
+
+def plain_vit_blocks(
+    dim: int,
+    depth: int,
+    num_heads: int,
+    window_size: int,
+    global_blocks,
+    relpos: str,
+    global_side: int,
+    drop_path_rates,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    use_act_checkpoint: bool = False,
+) -> nn.ModuleList:
+    """The single-resolution stage of ViTDet and HiViT: ``depth`` blocks of width ``dim`` with
+    ``window_size`` windows except ``global_blocks``, relpos placed by ``relpos``; a global block's relpos
+    tables cover a ``global_side`` x ``global_side`` map, a windowed block's one window."""
+    blocks = nn.ModuleList()
+    for i in range(depth):
+        window = 0 if i in global_blocks else window_size
+        blocks.append(
+            Block(
+                dim,
+                dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop_path=drop_path_rates[i],
+                window_size=window,
+                use_rel_pos=uses_rel_pos(relpos, window),
+                rel_pos_size=(global_side, global_side) if window == 0 else (window, window),
+                norm_layer=LayerNorm,
+                use_act_checkpoint=use_act_checkpoint,
+            )
+        )
+    return blocks

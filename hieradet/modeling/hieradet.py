@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights
+from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights, uses_rel_pos
 from .base import PaddedBackbone, check_img_size, check_square_pad
 from .pos_embed import AbsWinPosEmbed
 
@@ -177,7 +177,7 @@ class HieraDet(PaddedBackbone):
                     block_q_stride = q_stride
             if i in global_blocks:
                 window = 0
-            use_rel_pos = relpos == "all" or (relpos == "global" and window == 0)
+            use_rel_pos = uses_rel_pos(relpos, window)
             rel_size = None
             if use_rel_pos and window == 0:
                 side = math.ceil(img_size / stride)

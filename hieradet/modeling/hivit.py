@@ -32,7 +32,16 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import RELPOS_MODES, Block, DropPath, LayerNorm, Mlp, PatchEmbed, init_weights, pool_hw
+from .attention import (
+    RELPOS_MODES,
+    DropPath,
+    LayerNorm,
+    Mlp,
+    PatchEmbed,
+    init_weights,
+    plain_vit_blocks,
+    pool_hw,
+)
 from .base import PaddedBackbone, check_img_size, check_square_pad
 from .pos_embed import AbsWinPosEmbed
 
@@ -267,25 +276,19 @@ class HiViT(PaddedBackbone):
         grid = pretrain_img_size // patch_size
         self.pos_embed = AbsWinPosEmbed(embed_dim, pretrain_size=grid, window_size=grid, mode=pos_embed)
         side = math.ceil(img_size / patch_size)
-        self.blocks = nn.ModuleList()
-        for i in range(depth):
-            window = 0 if i in global_blocks else window_size
-            use_rel_pos = relpos == "all" or (relpos == "global" and window == 0)
-            self.blocks.append(
-                Block(
-                    embed_dim,
-                    embed_dim,
-                    num_heads,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop_path=dpr[num_stem + i],
-                    window_size=window,
-                    use_rel_pos=use_rel_pos,
-                    rel_pos_size=(side, side) if window == 0 else (window, window),
-                    norm_layer=LayerNorm,
-                    use_act_checkpoint=use_act_checkpoint,
-                )
-            )
+        self.blocks = plain_vit_blocks(
+            embed_dim,
+            depth,
+            num_heads,
+            window_size,
+            global_blocks,
+            relpos,
+            side,
+            dpr[num_stem:],
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            use_act_checkpoint=use_act_checkpoint,
+        )
         channels = (stem_dim, 2 * stem_dim, embed_dim, embed_dim)
         strides = (patch_size // 4, patch_size // 2, patch_size, 2 * patch_size)
         self._out_features = list(out_features)

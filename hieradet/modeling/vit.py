@@ -11,9 +11,8 @@ only (``relpos="global"``). ``pos_embed="interpolate", relpos="all"`` is detectr
 from typing import Dict, Sequence
 
 import torch
-from torch import nn
 
-from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights
+from .attention import RELPOS_MODES, PatchEmbed, init_weights, plain_vit_blocks
 from .base import PaddedBackbone, check_img_size, check_square_pad
 from .pos_embed import AbsWinPosEmbed
 
@@ -85,25 +84,19 @@ class ViT(PaddedBackbone):
         self.pos_embed = AbsWinPosEmbed(embed_dim, pretrain_size=grid, window_size=grid, mode=pos_embed)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth
         side = img_size // patch_size
-        self.blocks = nn.ModuleList()
-        for i in range(depth):
-            window = 0 if i in self.global_blocks else window_size
-            use_rel_pos = relpos == "all" or (relpos == "global" and window == 0)
-            self.blocks.append(
-                Block(
-                    embed_dim,
-                    embed_dim,
-                    num_heads,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop_path=dpr[i],
-                    window_size=window,
-                    use_rel_pos=use_rel_pos,
-                    rel_pos_size=(side, side) if window == 0 else (window, window),
-                    norm_layer=LayerNorm,
-                    use_act_checkpoint=use_act_checkpoint,
-                )
-            )
+        self.blocks = plain_vit_blocks(
+            embed_dim,
+            depth,
+            num_heads,
+            window_size,
+            self.global_blocks,
+            relpos,
+            side,
+            dpr,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            use_act_checkpoint=use_act_checkpoint,
+        )
         self._out_features = [out_feature]
         self._out_feature_channels = {out_feature: embed_dim}
         self._out_feature_strides = {out_feature: patch_size}
