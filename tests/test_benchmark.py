@@ -200,3 +200,52 @@ def test_analyze_model_cli_params_and_flops(tmp_path):
 
 def test_matmul_peak_is_positive():
     assert bench.matmul_peak(n=128, iters=1) > 0
+
+
+def test_isolate_times_each_model_in_fresh_processes(tmp_path):
+    out = tmp_path / "iso.json"
+    res = bench.main(
+        ["--size", "64", "hieradet-t", "--compare", "sam2-hiera-t", "--iters", "2", "--warmup", "0"]
+        + ["--threads", "1", "--discard", "0.5", "--isolate", "--rounds", "2", "--json", str(out)]
+    )
+    parent = res["pid"]
+    seen = set()
+    for m in res["models"]:
+        # two rounds, one process each, every process keeping 1 of its 2 timed iterations
+        assert len(m["pids"]) == 2 and m["n"] == 2 and len(m["times_ms"]) == 2
+        assert parent not in m["pids"] and not seen & set(m["pids"])
+        seen |= set(m["pids"])
+        assert m["median_ms"] == pytest.approx(sorted(m["times_ms"])[0] / 2 + sorted(m["times_ms"])[1] / 2)
+    assert res["models"][1]["ratio_vs_first"] == pytest.approx(
+        res["models"][1]["median_ms"] / res["models"][0]["median_ms"]
+    )
+    assert json.loads(out.read_text())["settings"]["isolate"] is True
+
+
+def test_isolate_child_options_carry_the_settings():
+    ns = bench.argparse.Namespace(
+        part="model", size=320, batch=2, dtype="bf16", device="cpu", iters=3, warmup=1, discard=0.5,
+        threads=2, timer="cpu", seed=7, no_full_detections=True, opts=["model.x=1"],
+    )  # fmt: skip
+    argv = bench.child_argv(ns)
+    assert argv[-2:] == ["--opts", "model.x=1"] and "--no-full-detections" in argv
+    assert {"--part=model", "--size=320", "--batch=2", "--dtype=bf16", "--timer=cpu", "--seed=7"} <= set(argv)
+    with pytest.raises(SystemExit):
+        bench.main(["hieradet-t", "--isolate", "--train"])
+
+
+def test_results_page_quotes_the_saved_runs():
+    """Every median in the results page's target table is the one saved in docs/benchmarks/<run>.json."""
+    root = os.path.dirname(TOOLS)
+    page = open(os.path.join(root, "docs", "benchmarks.md")).read().splitlines()
+    runs = sorted(f for f in os.listdir(os.path.join(root, "docs", "benchmarks")) if f.endswith(".json"))
+    assert runs, "docs/benchmarks/ has no saved runs"
+    for fname in runs:
+        run = fname[: -len(".json")]
+        saved = json.load(open(os.path.join(root, "docs", "benchmarks", fname)))
+        for m in saved["models"]:
+            rows = [r for r in page if r.startswith(f"| {m['name']} |") and f"| {run}" in r]
+            assert len(rows) == 1, (run, m["name"], rows)
+            cells = [c.strip() for c in rows[0].split("|")]
+            assert cells[4] == f"{m['median_ms']:.0f}" and cells[5] == f"{m['p25_ms']:.0f}-{m['p75_ms']:.0f}"
+            assert cells[8] == f"{m['achieved_gflops']:.0f}"
