@@ -56,7 +56,7 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -68,6 +68,7 @@ __all__ = [
     "Benchmarked",
     "summarize",
     "isolated_times",
+    "child_argv",
     "time_inference",
     "time_training",
     "matmul_peak",
@@ -532,17 +533,19 @@ def child_argv(args) -> List[str]:
     return out
 
 
-def isolated_times(specs: Sequence[str], child_args: Sequence[str], args, pids: Optional[List[list]] = None):
+def isolated_times(specs: Sequence[str], args) -> Tuple[List[List[float]], List[List[int]]]:
     """Seconds per kept iteration of each model, every model timed in ``args.rounds`` fresh processes.
 
     Round ``r`` runs one process per model, in turn; each process warms up, times ``args.iters``
     iterations and drops its own first ``args.discard`` fraction. The kept times of all rounds are pooled.
-    ``pids``, if given, receives the process ids that timed each model.
+    Returns the pooled times and, per model, the ids of the processes that timed it.
     """
     import subprocess
     import tempfile
 
+    child_args = child_argv(args)
     pooled: List[List[float]] = [[] for _ in specs]
+    pids: List[List[int]] = [[] for _ in specs]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for k, spec in enumerate(specs):
@@ -555,12 +558,11 @@ def isolated_times(specs: Sequence[str], child_args: Sequence[str], args, pids: 
                 with open(out) as f:
                     child = json.load(f)
                 entry = child["models"][0]
-                if pids is not None:
-                    pids[k].append(child["pid"])
+                pids[k].append(child["pid"])
                 kept = entry["times_ms"][int(len(entry["times_ms"]) * args.discard) :]
                 pooled[k].extend(t * args.batch / 1000.0 for t in kept)
                 print(f"  round {r + 1}/{args.rounds}  {spec:24s} {entry['median_ms']:10.1f} ms/im (own process)")
-    return pooled
+    return pooled, pids
 
 
 def _machine(device: str) -> str:
@@ -670,17 +672,16 @@ def main(argv: Optional[Sequence[str]] = None):
     else:
         if args.isolate:
             # the timings come from child processes; the models built here give parameters and FLOPs
-            pids = [[] for _ in specs]
-            times = isolated_times(specs, child_argv(args), args, pids)
+            times, pids = isolated_times(specs, args)
         else:
             times = time_inference(models, args.batch, args.iters, args.warmup, args.device, args.dtype, args.timer)
-        for m, t in zip(models, times):
+        for k, (m, t) in enumerate(zip(models, times)):
             entry = {"name": m.name, "params_m": sum(p.numel() for p in m.module.parameters()) / 1e6}
             # --isolate: the discard was applied in each process; the pooled rest is summarised as is
             entry.update(summarize(t, args.batch, 0.0 if args.isolate else args.discard))
             entry["times_ms"] = [1000.0 * x / args.batch for x in t]
             if args.isolate:
-                entry["pids"] = pids[len(result["models"])]
+                entry["pids"] = pids[k]
             result["models"].append(entry)
             print(f"{m.name:28s} {_fmt(entry)}  {entry['params_m']:.2f}M params")
         if args.flops:
