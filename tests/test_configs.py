@@ -331,10 +331,25 @@ def test_one_iteration_and_evaluation_coco(path, coco_rle, tmp_path):
     _train_one_iteration_and_evaluate(path, coco_rle, tmp_path, rle_bitmask=True)
 
 
+# test-time augmentation configs evaluate only (tests/test_tta_system_configs.py runs them)
+TTA_CONFIGS = [c for c in CONFIGS if c.endswith("_tta.py")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [c for c in CONFIGS if c.startswith("configs/COCO/") and c not in FAST_TRAIN])
+@pytest.mark.parametrize(
+    "path", [c for c in CONFIGS if c.startswith("configs/COCO/") and c not in FAST_TRAIN + TTA_CONFIGS]
+)
 def test_one_iteration_and_evaluation_coco_all(path, coco_rle, tmp_path):
     _train_one_iteration_and_evaluate(path, coco_rle, tmp_path, rle_bitmask=True)
+
+
+@pytest.mark.parametrize("path", TTA_CONFIGS)
+def test_training_a_tta_config_is_refused_by_name(path, tmp_path):
+    cfg = _load(path)
+    cfg.train.output_dir = str(tmp_path)
+    with pytest.raises(ValueError, match="test-time augmentation wrapper .* --eval-only"):
+        do_train(cfg)
+    assert not any(tmp_path.iterdir())  # refused before building anything or writing
 
 
 @pytest.mark.parametrize(

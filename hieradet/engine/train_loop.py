@@ -59,6 +59,18 @@ def build_model(cfg) -> torch.nn.Module:
     return model.to(device)
 
 
+def _check_trainable(cfg) -> None:
+    """Test-time-augmentation configs wrap the detector for evaluation only; say so before building it."""
+    target = cfg.model.get("_target_") if hasattr(cfg.model, "get") else None
+    name = target if isinstance(target, str) else getattr(target, "__qualname__", "")
+    if name.rsplit(".", 1)[-1] == "GeneralizedRCNNTTA":
+        raise ValueError(
+            "this config's model is a test-time augmentation wrapper (GeneralizedRCNNTTA), which only evaluates: "
+            "run it with --eval-only and the weights of its single-scale config (the one it imports), "
+            "or train with that config"
+        )
+
+
 def _wrap_ddp(cfg, model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     """detectron2's ``create_ddp_model``, with ``device_ids=None`` off CUDA (it would pass the local rank,
     which DDP rejects for CPU modules)."""
@@ -117,6 +129,7 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
         raise KeyError(f"config `train` lacks {missing}; start from detectron2's common/train.py")
     if cfg.train.max_iter <= 0:
         raise ValueError(f"train.max_iter must be positive, got {cfg.train.max_iter}")
+    _check_trainable(cfg)
     check_datasets(config_dataset_names(cfg))
     _auto_box_only(cfg)
     model = build_model(cfg)
