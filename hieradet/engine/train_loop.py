@@ -24,7 +24,9 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
 
 from hieradet.checkpoint import HieraDetCheckpointer
 from hieradet.utils.box_only import auto_box_only
@@ -62,10 +64,12 @@ def build_model(cfg) -> torch.nn.Module:
 def _check_trainable(cfg) -> None:
     """Test-time-augmentation configs wrap the detector for evaluation only; say so before building it."""
     target = cfg.model.get("_target_") if hasattr(cfg.model, "get") else None
-    name = target if isinstance(target, str) else getattr(target, "__qualname__", "")
-    if name.rsplit(".", 1)[-1] == "GeneralizedRCNNTTA":
+    if isinstance(target, str):
+        target = locate(target)
+    # detectron2's wrapper and ours (a subclass of it)
+    if isinstance(target, type) and issubclass(target, GeneralizedRCNNWithTTA):
         raise ValueError(
-            "this config's model is a test-time augmentation wrapper (GeneralizedRCNNTTA), which only evaluates: "
+            f"this config's model is a test-time augmentation wrapper ({target.__name__}), which only evaluates: "
             "run it with --eval-only and the weights of its single-scale config (the one it imports), "
             "or train with that config"
         )
