@@ -352,7 +352,7 @@ def test_checkpointer_refuses_a_hivit_of_another_size(tmp_path, capsys):
         HieraDetCheckpointer(deeper).load(str(dst))
     assert torch.equal(deeper.backbone.bottom_up.blocks[0].attn.qkv.weight, before)
 
-    other_grid = _detector(pretrain_img_size=256)  # a 16x16 window embedding
+    other_grid = _detector(pretrain_img_size=256, window_size=16)  # a 16x16 window embedding (and windows)
     with pytest.raises(CheckpointError) as e:
         HieraDetCheckpointer(other_grid).load(str(dst))
     assert "the checkpoint has window 14x14 + no global embedding" in str(e.value)

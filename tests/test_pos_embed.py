@@ -71,3 +71,80 @@ def test_bad_arguments_are_named():
         AbsWinPosEmbed(8, 56, 0, 7)
     with pytest.raises(ValueError, match="needs a window_size"):
         AbsWinPosEmbed(8, 56, None, None)
+
+
+def test_embed_of_another_mode_leaves_the_module_unchanged():
+    pe = AbsWinPosEmbed(8, pretrain_size=56, window_size=8, global_size=7, mode="abswin")
+    for mode in ("abswin_single", "interpolate"):
+        other = AbsWinPosEmbed(8, pretrain_size=56, window_size=8, global_size=7, mode=mode)
+        other.load_state_dict(pe.state_dict())
+        torch.testing.assert_close(pe((100, 84), mode=mode), other((100, 84)), rtol=0, atol=0)
+        torch.testing.assert_close(pe.embed((100, 84), mode=mode), other((100, 84)).permute(0, 3, 1, 2))
+        assert pe.mode == "abswin"
+    assert _tiles_equal(pe((100, 84)), 56)  # still the recursive embedding
+    with pytest.raises(ValueError, match="pos_embed mode must be one of .* got 'tile'"):
+        pe((56, 56), mode="tile")
+
+
+def _tiny_hieradet(**kw):
+    from hieradet.modeling.hieradet import HieraDet
+
+    return HieraDet(**{"embed_dim": 8, "num_heads": 1, "stages": (1, 1, 2, 2), "global_blocks": (3,), **kw})
+
+
+def test_misaligned_hieradet_windows_are_refused():
+    with pytest.raises(ValueError) as e:
+        _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 14, 7))
+    assert str(e.value) == (
+        "HieraDet (pretrain_img_size=256, window_size=(8, 4, 14, 7)): pos_embed='abswin' tiles the 64x64 "
+        "pretraining grid (stride-4 tokens) over the feature map, so every attention window must line up with the "
+        "tiles (span a whole number of tiles or a whole fraction of one); stage 3 window 14 spans 56 (14 x 4) "
+        "stride-4 tokens, neither a multiple nor a divisor of 64; stage 4 window 7 spans 56 (7 x 8) stride-4 "
+        "tokens, neither a multiple nor a divisor of 64. Use e.g. window_size=(8, 4, 16, 8), or "
+        "pos_embed='abswin_single' or 'interpolate'."
+    )
+    with pytest.raises(ValueError, match=r"stage 1 window 6 spans 6 stride-4 tokens, .* of 56\. Use e\.g\. "):
+        _tiny_hieradet(window_size=(6, 4, 14, 7))
+    # the one-level embedding tiles only the 8x8 window grid
+    with pytest.raises(ValueError, match=r"'abswin_single' tiles the 8x8 window embedding .* stage 2 window 6"):
+        _tiny_hieradet(pos_embed="abswin_single", window_size=(8, 6, 14, 7))
+    with pytest.raises(ValueError, match="tiles the 256x256 pretraining grid"):  # SAM 2's 1024 px, recursively
+        _tiny_hieradet(pretrain_img_size=1024, window_size=(8, 4, 14, 7))
+
+
+def test_aligned_or_unconstrained_hieradet_windows_build():
+    _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 16, 8))  # one 256 px tile per window
+    _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 32, 16))  # 2x2 tiles per window
+    _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 14, 7), pos_embed="interpolate")
+    _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 14, 7), pos_embed="abswin_single")  # 56 = 7 x 8
+    _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 0, 0))  # global stages 3-4 (timm's classifier)
+    # the only stage-3 window in use is in the first block of stage 4 (window and pooling lag by one block)
+    _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 14, 0), global_blocks=(2, 3, 4))
+    with pytest.raises(ValueError, match="stage 3 window 14"):
+        _tiny_hieradet(pretrain_img_size=256, window_size=(8, 4, 14, 0), global_blocks=(2, 3))
+
+
+def test_misaligned_vit_and_hivit_windows_are_refused():
+    from hieradet.modeling.hivit import HiViT
+    from hieradet.modeling.vit import ViT
+
+    vit = dict(img_size=256, embed_dim=16, depth=2, num_heads=2, global_blocks=(1,))
+    with pytest.raises(ValueError) as e:
+        ViT(window_size=16, **vit)
+    assert str(e.value) == (
+        "ViT (pretrain_img_size=224, patch_size=16, window_size=16): pos_embed='abswin' tiles the 14x14 pretraining "
+        "grid (tokens) over the feature map, so every attention window must line up with the tiles (span a whole "
+        "number of tiles or a whole fraction of one); the windowed blocks' window 16 spans 16 tokens, neither a "
+        "multiple nor a divisor of 14. Use window_size=14 (or a multiple or divisor of it), or "
+        "pos_embed='interpolate'."
+    )
+    with pytest.raises(ValueError, match="'abswin_single' tiles the 14x14 window embedding"):
+        ViT(window_size=16, pos_embed="abswin_single", **vit)
+    for ok in (dict(window_size=7), dict(window_size=28), dict(window_size=16, pos_embed="interpolate")):
+        ViT(**{**vit, **ok})
+    ViT(**{**vit, "window_size": 16, "global_blocks": (0, 1)})  # no windowed block
+
+    hivit = dict(img_size=256, embed_dim=16, depths=(1, 1, 2), num_heads=2, global_blocks=(1,))
+    with pytest.raises(ValueError, match=r"^HiViT \(pretrain_img_size=256, patch_size=16, window_size=14\): .* 16"):
+        HiViT(pretrain_img_size=256, window_size=14, **hivit)
+    HiViT(pretrain_img_size=256, window_size=16, **hivit)

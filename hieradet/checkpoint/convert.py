@@ -272,25 +272,32 @@ def _hiera_arch(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     ids = _block_ids(sd)
     if ids != list(range(len(ids))):
         raise CheckpointError(f"Hiera checkpoint has non-contiguous blocks {ids[:5]}...; is the file complete?")
-    stages, count = [], 0
+    stages, count, widen = [], 0, {}
     for i in ids:
         d_in = sd[f"blocks.{i}.norm1.weight"].shape[0]
         d_out = sd[f"blocks.{i}.norm2.weight"].shape[0]
         if d_in != d_out and count:
             stages.append(count)
             count = 0
-            if f"blocks.{i}.proj.weight" not in sd:
+            widen[i] = f"blocks.{i}.proj.weight" in sd
+            if not widen[i] and d_out != 2 * d_in:
                 raise CheckpointError(
-                    f"block {i} widens {d_in} -> {d_out} without a `blocks.{i}.proj` projection: this model uses "
-                    "timm's `use_expand_proj=False` (max/avg-pool concatenation, e.g. hiera_small_abswin_256), which "
-                    "HieraDet does not implement; use a checkpoint with projections (e.g. hiera_base_abswin_256)"
+                    f"block {i} widens {d_in} -> {d_out} without a `blocks.{i}.proj` projection; timm's "
+                    "use_expand_proj=False (max/avg-pool concatenation) can only double the width"
                 )
         count += 1
     stages.append(count)
+    if len(set(widen.values())) > 1:
+        raise CheckpointError(
+            f"stage transitions {[i for i, p in widen.items() if p]} have a `proj` projection but "
+            f"{[i for i, p in widen.items() if not p]} do not (timm's use_expand_proj=False); a Hiera widens all "
+            "its stages the same way: is the file complete?"
+        )
     patch = sd["patch_embed.proj.weight"]
     return dict(
         embed_dim=int(patch.shape[0]),
         stages=tuple(stages),
+        expand_proj=all(widen.values()),
         mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / sd["blocks.0.norm2.weight"].shape[0],
         patch_kernel=int(patch.shape[-1]),
     )
@@ -387,6 +394,9 @@ def _convert_hiera(sd: Dict[str, torch.Tensor], fmt: str, res_args: Dict[str, An
         )
     if windows != (8, 4, 14, 7):
         embed["window_size"] = windows
+    if not arch["expand_proj"]:  # timm's use_expand_proj=False (hiera_small_abswin_256)
+        embed["expand_proj"] = False
+        notes.append("stage transitions widen without a projection (max and mean pool concatenated): expand_proj=False")
 
     if size is not None:
         kwargs = hieradet_kwargs(size, **embed)

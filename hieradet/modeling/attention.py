@@ -41,6 +41,7 @@ __all__ = [
     "rel_pos_lookup",
     "rel_pos_bias",
     "pool_hw",
+    "avg_pool_hw",
     "LayerNorm",
     "PatchEmbed",
     "init_weights",
@@ -115,6 +116,25 @@ def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
     for j in range(1, stride):
         out = torch.maximum(out, rows[:, :, :, j])
     return out
+
+
+def avg_pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Average-pool a BHWC map by ``stride`` (ceil mode: a cell cut by an odd edge averages the tokens it has).
+
+    Equals ``F.avg_pool2d(x.permute(0, 3, 1, 2), stride, stride, ceil_mode=True)`` in BHWC.
+    """
+    if stride == 1:
+        return x
+    B, H, W, C = x.shape
+    pad_h, pad_w = (-H) % stride, (-W) % stride
+    if not (pad_h or pad_w):
+        return x.unflatten(1, (H // stride, stride)).unflatten(3, (W // stride, stride)).mean(dim=(2, 4))
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    x = x.unflatten(1, ((H + pad_h) // stride, stride)).unflatten(3, ((W + pad_w) // stride, stride))
+    rows = torch.full(((H + pad_h) // stride,), stride, dtype=x.dtype, device=x.device)
+    cols = torch.full(((W + pad_w) // stride,), stride, dtype=x.dtype, device=x.device)
+    rows[-1], cols[-1] = stride - pad_h, stride - pad_w
+    return x.sum(dim=(2, 4)) / (rows[:, None] * cols[None, :])[..., None]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -319,10 +339,14 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block on BHWC maps (Hiera's and ViT's block are both this).
 
-    When ``dim != dim_out`` the shortcut is projected (``proj``, Hiera's key name) and pooled by
-    ``q_stride`` so that it matches the pooled attention output. Windowed blocks partition the map
-    *after* ``norm1`` and attend inside each window; with query pooling a ws x ws window becomes a
-    (ws / q_stride) window of the output map.
+    When ``dim != dim_out`` the shortcut is widened and pooled by ``q_stride`` so that it matches the
+    pooled attention output: by default the normalised input is projected (``proj``, Hiera's key name) and
+    max-pooled; with ``expand_proj=False`` (timm's ``use_expand_proj=False``, e.g. its
+    ``hiera_small_abswin_256``) there is no projection and the shortcut is the *un-normalised* input,
+    max-pooled and average-pooled, the two concatenated along channels (so ``dim_out`` must be ``2 * dim``).
+
+    Windowed blocks partition the map *after* ``norm1`` and attend inside each window; with query pooling
+    a ws x ws window becomes a (ws / q_stride) window of the output map.
 
     Args:
         dim, dim_out, num_heads, qkv_bias, q_stride: as in :class:`Attention`.
@@ -332,6 +356,8 @@ class Block(nn.Module):
         use_rel_pos, rel_pos_size, rel_pos_zero_init: as in :class:`Attention`.
         norm_layer, act_layer: layer constructors.
         use_act_checkpoint (bool): recompute this block in backward to save memory.
+        expand_proj (bool): widen the shortcut with a linear projection (True) or by concatenating its
+            max and average pools (False); only used when ``dim != dim_out``.
     """
 
     def __init__(
@@ -350,12 +376,18 @@ class Block(nn.Module):
         norm_layer=LayerNorm,
         act_layer=nn.GELU,
         use_act_checkpoint: bool = False,
+        expand_proj: bool = True,
     ):
         super().__init__()
         if window_size < 0:
             raise ValueError(f"window_size must be >= 0 (0 = global attention), got {window_size}")
         if window_size and q_stride > 1 and window_size % q_stride:
             raise ValueError(f"window_size={window_size} must be a multiple of q_stride={q_stride}")
+        if dim != dim_out and not expand_proj and dim_out != 2 * dim:
+            raise ValueError(
+                f"expand_proj=False widens {dim} -> {dim_out} channels by concatenating a max and an average pool, "
+                f"so dim_out must be 2 * dim = {2 * dim}"
+            )
         self.dim, self.dim_out = dim, dim_out
         self.window_size = window_size
         self.q_stride = q_stride
@@ -376,13 +408,16 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim_out)
         self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=act_layer)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.expand_proj = expand_proj
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out and expand_proj else None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
         if self.proj is not None:
             shortcut = pool_hw(self.proj(x), self.q_stride)
+        elif self.dim != self.dim_out:  # projection-free widening: [max pool, mean pool] of the raw input
+            shortcut = torch.cat([pool_hw(shortcut, self.q_stride), avg_pool_hw(shortcut, self.q_stride)], dim=-1)
         elif self.q_stride > 1:
             shortcut = pool_hw(shortcut, self.q_stride)
         H, W = x.shape[1:3]
@@ -395,6 +430,11 @@ class Block(nn.Module):
             x = window_unpartition(x, ws, (Hp, Wp), shortcut.shape[1:3], contiguous=False)
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def extra_repr(self) -> str:
+        if self.dim == self.dim_out or self.expand_proj:
+            return ""
+        return f"expand_proj=False: shortcut {self.dim} -> {self.dim_out} = [max pool, mean pool]"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_act_checkpoint and self.training and x.requires_grad:

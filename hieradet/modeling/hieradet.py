@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights, uses_rel_pos
 from .base import PaddedBackbone, check_img_size, check_square_pad
-from .pos_embed import AbsWinPosEmbed
+from .pos_embed import AbsWinPosEmbed, check_window_alignment
 
 __all__ = ["HieraDet", "HIERA_SIZES", "hieradet_kwargs", "default_global_blocks", "stage_ends"]
 
@@ -77,11 +77,18 @@ class HieraDet(PaddedBackbone):
         pretrain_img_size (int): image size of the pretrained model (its stride-4 grid is the tile).
         pos_embed (str): ``"abswin"`` (recursive, default), ``"abswin_single"`` or ``"interpolate"``
             (the bugged baseline); see :mod:`hieradet.modeling.pos_embed`.
+            With ``"abswin"`` the windows must line up with the pretraining tile: stage window ``w`` at
+            stride ``s`` spans ``w * s / patch_stride`` stride-4 tokens, which must be a multiple or a divisor
+            of ``pretrain_img_size / patch_stride`` (224 px: windows 8, 4, 14, 7; 256 px: 8, 4, 16, 8);
+            ``"abswin_single"`` likewise with the window embedding; anything else is a ``ValueError``.
         pos_embed_window (int or tuple or None): tiled window embedding size; 8 for an abs-win
             pretrained Hiera, ``pretrain_img_size // 4`` (56) for an original Hiera's full grid.
         pos_embed_global (int or tuple or None): interpolated global embedding size (7 for abs-win
             Hiera; ``None`` for an original Hiera).
         pos_embed_antialias (bool): antialiased global interpolation (timm's abs-win Hiera: True).
+        expand_proj (bool): how a stage transition widens the shortcut: a linear projection (True, official
+            Hiera and SAM 2) or, without weights, the concatenated max and average pools of the block input
+            (False, timm's ``use_expand_proj=False``, e.g. ``hiera_small_abswin_256``).
         mlp_ratio (float), qkv_bias (bool), drop_path_rate (float): as usual; drop path grows linearly.
         patch_kernel, patch_stride, patch_padding (int): the stem convolution (7 / 4 / 3).
         in_chans (int): input channels.
@@ -118,6 +125,7 @@ class HieraDet(PaddedBackbone):
         use_act_checkpoint: bool = False,
         out_features: Sequence[str] = ("scale2", "scale3", "scale4", "scale5"),
         square_pad: int = 0,
+        expand_proj: bool = True,
     ):
         super().__init__()
         stages = tuple(int(s) for s in stages)
@@ -165,10 +173,11 @@ class HieraDet(PaddedBackbone):
         dim, heads, stage, stride = embed_dim, num_heads, 0, patch_stride
         self._out_feature_channels: Dict[str, int] = {}
         self._out_feature_strides: Dict[str, int] = {}
+        windows_used = {}  # stage whose window it is -> (window, stride of its tokens)
         for i in range(depth):
             dim_out, block_q_stride = dim, 1
             # window and pooling lag by one block: a stage's first block uses the previous window
-            window = window_size[stage]
+            window, window_stage = window_size[stage], stage
             if i - 1 in self.stage_ends[:-1]:
                 stage += 1
                 dim_out = int(dim * dim_mul)
@@ -177,6 +186,8 @@ class HieraDet(PaddedBackbone):
                     block_q_stride = q_stride
             if i in global_blocks:
                 window = 0
+            if window:
+                windows_used[window_stage] = (window, stride)
             use_rel_pos = uses_rel_pos(relpos, window)
             rel_size = None
             if use_rel_pos and window == 0:
@@ -196,6 +207,7 @@ class HieraDet(PaddedBackbone):
                     rel_pos_size=rel_size,
                     norm_layer=LayerNorm,
                     use_act_checkpoint=use_act_checkpoint,
+                    expand_proj=expand_proj,
                 )
             )
             stride *= block_q_stride
@@ -205,7 +217,35 @@ class HieraDet(PaddedBackbone):
                 self._out_feature_channels[name] = dim
                 self._out_feature_strides[name] = stride
         self._out_features = list(out_features)
+        self._check_window_alignment(window_size, windows_used, patch_stride, q_stride, q_pool, pretrain_img_size)
         self.apply(init_weights)
+
+    def _check_window_alignment(
+        self, window_size, windows_used, patch_stride: int, q_stride: int, q_pool: int, pretrain_img_size: int
+    ) -> None:
+        """Refuse windows that cut across the tiles of the embedding (see :func:`check_window_alignment`)."""
+        tile = self.pos_embed.tiled_grid()
+        if tile is None:
+            return
+        scales = {s: stride // patch_stride for s, (_, stride) in windows_used.items()}
+        suggested = list(window_size)
+        for s, scale in scales.items():
+            # the aligned window nearest to the configured one (poolable by the next stage's first block)
+            step = q_stride if s < q_pool else 1
+            fits = [
+                c
+                for c in range(step, 2 * max(window_size[s], tile[0] // scale) + 1, step)
+                if (c * scale) % tile[0] == 0 or tile[0] % (c * scale) == 0
+            ]
+            if fits:
+                suggested[s] = min(fits, key=lambda c: (abs(c - window_size[s]), -c))
+        check_window_alignment(
+            self.pos_embed,
+            [(f"stage {s + 1}", w, scales[s]) for s, (w, _) in sorted(windows_used.items())],
+            owner=f"HieraDet (pretrain_img_size={pretrain_img_size}, window_size={tuple(window_size)})",
+            unit=f"stride-{patch_stride} tokens",
+            hint=f"Use e.g. window_size={tuple(suggested)}, or pos_embed='abswin_single' or 'interpolate'.",
+        )
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Args: x: (B, C, H, W) images. Returns: dict of NCHW features for ``out_features``."""

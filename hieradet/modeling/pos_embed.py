@@ -23,15 +23,21 @@ the embedding every pretrained window saw. How it is brought to a feature map of
 
 An original Hiera (a full 56x56 grid) or an MAE ViT (its 14x14 grid) is expressed as
 ``window_size=pretrain_size, global_size=None``: the grid is the tile.
+
+Window alignment: a tiled grid helps window attention only when the windows line up with the tiles, i.e.
+a window spans a whole number of tiles or a whole fraction of one (per axis, one divides the other). A
+pretraining size of 256 px gives a 64x64 stride-4 tile, which HieraDet's stage-3 window of 14 tokens at
+stride 16 (56 stride-4 tokens) cuts across. :func:`check_window_alignment` refuses such models at build
+time; global attention and ``"interpolate"`` are unconstrained.
 """
 
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AbsWinPosEmbed", "tile_embed", "interpolate_embed", "POS_EMBED_MODES"]
+__all__ = ["AbsWinPosEmbed", "tile_embed", "interpolate_embed", "check_window_alignment", "POS_EMBED_MODES"]
 
 POS_EMBED_MODES = ("abswin", "abswin_single", "interpolate")
 
@@ -119,16 +125,36 @@ class AbsWinPosEmbed(nn.Module):
         """The (1, C, h, w) embedding at the pretraining grid size."""
         return self._single_level(self.pretrain_size)
 
-    def forward(self, hw: Tuple[int, int]) -> torch.Tensor:
-        """Returns the embedding for an ``hw`` feature map as (1, h, w, C) (BHWC, ready to add)."""
+    def embed(self, hw: Tuple[int, int], mode: Optional[str] = None) -> torch.Tensor:
+        """The (1, C, h, w) embedding of an ``hw`` feature map in ``mode`` (default: ``self.mode``).
+
+        Asking for another mode computes that mode's embedding from the same weights and leaves the module
+        unchanged (e.g. to compare ``"abswin"`` with ``"interpolate"``).
+        """
+        mode = self.mode if mode is None else mode
+        if mode not in POS_EMBED_MODES:
+            raise ValueError(f"pos_embed mode must be one of {POS_EMBED_MODES}, got {mode!r}")
         hw = (int(hw[0]), int(hw[1]))
+        if mode == "abswin_single":
+            return self._single_level(hw)
+        if mode == "interpolate":
+            return interpolate_embed(self.pretrain_embed(), hw)
+        return tile_embed(self.pretrain_embed(), hw)  # "abswin"
+
+    def forward(self, hw: Tuple[int, int], mode: Optional[str] = None) -> torch.Tensor:
+        """The embedding of an ``hw`` feature map as (1, h, w, C) (BHWC, ready to add); ``mode`` as in
+        :meth:`embed`."""
+        return self.embed(hw, mode).permute(0, 2, 3, 1)
+
+    def tiled_grid(self) -> Optional[Tuple[int, int]]:
+        """The grid this embedding tiles over the map in its mode, which windows must line up with: the
+        pretraining grid (``"abswin"``), the window embedding (``"abswin_single"``), or ``None`` (nothing
+        is tiled: ``"interpolate"``, or a global grid alone)."""
+        if self.mode == "interpolate":
+            return None
         if self.mode == "abswin_single":
-            embed = self._single_level(hw)
-        elif self.mode == "abswin":
-            embed = tile_embed(self.pretrain_embed(), hw)
-        else:
-            embed = interpolate_embed(self.pretrain_embed(), hw)
-        return embed.permute(0, 2, 3, 1)
+            return None if self.window_embed is None else tuple(self.window_embed.shape[-2:])
+        return self.pretrain_size  # "abswin" (and a checkpoint-chosen mode resolved to it)
 
     def extra_repr(self) -> str:
         win = None if self.window_embed is None else tuple(self.window_embed.shape[-2:])
@@ -137,3 +163,40 @@ class AbsWinPosEmbed(nn.Module):
             f"mode={self.mode}, pretrain_size={self.pretrain_size}, window={win}, global={glb}, "
             f"antialias={self.antialias}"
         )
+
+
+def check_window_alignment(
+    embed: AbsWinPosEmbed,
+    windows: Iterable[Tuple[str, int, int]],
+    owner: str,
+    unit: str = "tokens",
+    hint: str = "",
+) -> None:
+    """Raise ``ValueError`` unless every attention window lines up with the tiles of ``embed``.
+
+    Args:
+        embed: the model's position embedding; only its :meth:`~AbsWinPosEmbed.tiled_grid` matters.
+        windows: ``(label, window, scale)`` for each window size in use: ``window`` tokens per side, each
+            token ``scale`` embedding tokens wide (the ratio of their strides). Leave out global attention.
+        owner: model name for the message. unit: what an embedding token is called (``"stride-4 tokens"``).
+        hint: what to do instead, appended to the message.
+    """
+    tile = embed.tiled_grid()
+    if tile is None:
+        return
+    side = str(tile[0]) if tile[0] == tile[1] else str(tuple(tile))
+    bad = []
+    for label, window, scale in windows:
+        span = int(window) * int(scale)
+        if window <= 0 or all(span % t == 0 or t % span == 0 for t in tile):
+            continue
+        at = f" ({window} x {scale})" if scale != 1 else ""
+        bad.append(f"{label} window {window} spans {span}{at} {unit}, neither a multiple nor a divisor of {side}")
+    if not bad:
+        return
+    what = "pretraining grid" if embed.mode != "abswin_single" else "window embedding"
+    raise ValueError(
+        f"{owner}: pos_embed={embed.mode!r} tiles the {tile[0]}x{tile[1]} {what} ({unit}) over the feature map, "
+        "so every attention window must line up with the tiles (span a whole number of tiles or a whole "
+        f"fraction of one); {'; '.join(bad)}. {hint}".rstrip()
+    )
