@@ -441,3 +441,133 @@ def test_lvis_config_evaluates_with_the_lvis_evaluator(synthetic_lvis):
     results = do_test(cfg, model)
     assert set(results) == {"bbox", "segm"}
     assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch-size rescaling (hieradet.solver.rescale_batch / apply_total_batch_size)
+
+
+def _lr_at(cfg, iters):
+    sched = instantiate(cfg.lr_multiplier)
+    return [sched(i / cfg.train.max_iter) for i in iters]
+
+
+def test_rescale_batch_keeps_the_recipe_per_epoch():
+    from hieradet.solver import rescale_batch
+
+    base = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    cfg = rescale_batch(_load("configs/COCO/mask_rcnn_hieradet_b_100ep.py"), 16)
+    assert cfg.dataloader.train.total_batch_size == 16
+    assert cfg.optimizer.lr == pytest.approx(base.optimizer.lr / 4)  # linear scaling
+    assert cfg.train.max_iter == round(100 * 118_000 / 16) == 4 * base.train.max_iter
+    assert list(cfg.lr_multiplier.scheduler.milestones) == [4 * m for m in base.lr_multiplier.scheduler.milestones]
+    assert cfg.lr_multiplier.scheduler.num_updates == cfg.train.max_iter
+    assert cfg.train.eval_period == 4 * base.train.eval_period
+    assert cfg.train.checkpointer.period == 4 * base.train.checkpointer.period
+    # the multiplier at the same epoch is the same: warm-up (250 -> 1000 iterations) and both drops
+    k = [0, 100, 249, 250, 5000, *base.lr_multiplier.scheduler.milestones, base.train.max_iter - 1]
+    assert _lr_at(cfg, [4 * i for i in k]) == pytest.approx(_lr_at(base, k))
+    assert _lr_at(cfg, [999])[0] < 1.0 and _lr_at(cfg, [1000])[0] == pytest.approx(1.0)
+    # the optimizer's base_lr follows optimizer.lr
+    assert OmegaConf.to_container(cfg.optimizer.params)["base_lr"] == "${..lr}"
+
+
+def test_rescale_batch_hivit_recipe_and_bad_input():
+    from hieradet.solver import rescale_batch
+
+    base = _load("projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py")
+    cfg = rescale_batch(_load("projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py"), 32)
+    assert cfg.optimizer.lr == pytest.approx(2 * base.optimizer.lr)
+    assert cfg.train.max_iter == round(12 * 118_000 / 32)
+    assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(250)  # 500 at 16 -> 250 at 32
+    for bad in (0, -8, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            rescale_batch(base, bad)
+
+
+def test_train_total_batch_size_rescales_once_and_a_bare_batch_override_warns():
+    import warnings
+
+    from hieradet.solver import apply_total_batch_size
+
+    base = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    assert base.train.total_batch_size is None and base.train.recipe.total_batch_size == 64
+    cfg = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    cfg.train.total_batch_size = 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_total_batch_size(cfg)
+        apply_total_batch_size(cfg)  # idempotent: do_train may see the same config again (--resume)
+    assert cfg.dataloader.train.total_batch_size == 16 and cfg.train.max_iter == 4 * base.train.max_iter
+    assert cfg.optimizer.lr == pytest.approx(base.optimizer.lr / 4)
+
+    bare = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    bare.dataloader.train.total_batch_size = 16
+    with pytest.warns(UserWarning, match=r"cover 25 epochs instead of 100.*train\.total_batch_size=16"):
+        apply_total_batch_size(bare)
+    assert bare.train.max_iter == base.train.max_iter  # trained as asked, only warned
+
+    both = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    both.dataloader.train.total_batch_size = 16
+    both.train.total_batch_size = 32
+    with pytest.raises(ValueError, match="both change the recipe's batch of 64"):
+        apply_total_batch_size(both)
+
+
+def test_do_train_applies_the_batch_size_option_before_building(tmp_path):
+    cfg = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    cfg.train.output_dir = str(tmp_path)
+    cfg.dataloader.train.total_batch_size = 16
+    cfg.train.total_batch_size = 32
+    with pytest.raises(ValueError, match="both change the recipe's batch"):
+        do_train(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the generated recipe table
+
+
+def test_every_detection_config_names_its_paper_target_itself():
+    """A child config inherits its parent's ``train`` (e.g. a cascade from its Mask R-CNN): each file must set
+    its own target so that the table never shows a parent's number."""
+    from hieradet.solver.recipe_table import detection_configs
+
+    paths = detection_configs(ROOT)
+    assert set(CONFIGS) <= set(paths) and set(PROJECT_CONFIGS) <= set(paths)
+    missing = [p for p in paths if "train.paper_target = " not in (ROOT / p).read_text()]
+    assert not missing
+
+
+def test_recipe_row_is_read_from_the_config():
+    from hieradet.solver.recipe_table import recipe_row
+
+    path = "configs/COCO/ablations/mask_rcnn_hieradet_l_100ep_interp_relpos_all.py"
+    row = recipe_row(_load(path), path)
+    assert row["backbone"] == "HieraDet-L" and row["detector"] == "Mask R-CNN"
+    assert (row["epochs"], row["iters"], row["batch"], row["lr"]) == ("100", "184375", "64", "1.2e-4")
+    assert (row["layer decay"], row["drop path"], row["relpos"]) == ("1", "0.45", "all")
+    assert row["embedding"].startswith("interpolate") and row["train images"] == "LSJ 1024 [0.1, 2]"
+    assert row["paper target"] == "box 55.6 / mask 49.3 (Bolya et al. 2024, Tab. 5)"
+    assert row["no weight decay on"] == "norms, biases, pos embed, relpos"
+
+    path = "configs/LVIS/cascade_mask_rcnn_vitdet_h_100ep.py"
+    cfg = _load(path)
+    row = recipe_row(cfg, path)
+    assert (row["backbone"], row["detector"], row["no weight decay on"]) == ("ViTDet-H", "Cascade Mask R-CNN", "none")
+    cfg.optimizer.lr = 3e-4  # the row follows the config, not a copy
+    assert recipe_row(cfg, path)["lr"] == "3e-4"
+    assert recipe_row(_load("configs/COCO/mask_rcnn_vitdet_b_100ep.py"), "x")["no weight decay on"] == (
+        "torch norms, pos embed"
+    )
+
+
+@pytest.mark.slow
+def test_readme_recipe_table_is_the_generated_one():
+    """docs/readme/configs.md holds exactly what tools/recipe_table.py prints (about 50 s: it loads ~60 configs)."""
+    from hieradet.solver.recipe_table import recipe_table, replace_table
+
+    doc = (ROOT / "docs" / "readme" / "configs.md").read_text()
+    fix = "run: python tools/recipe_table.py --write docs/readme/configs.md"
+    assert replace_table(doc, recipe_table(ROOT)) == doc, fix
+    with pytest.raises(ValueError, match="no recipe table markers"):
+        replace_table("no table here", "x")
