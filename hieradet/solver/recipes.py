@@ -166,7 +166,8 @@ def apply_total_batch_size(cfg):
         rescale_batch(cfg, target)
         if "recipe" in train:
             train.recipe.total_batch_size = target  # the schedule now describes this batch size (idempotent)
-        logger.info(
+        # a warning so that it shows without a configured "hieradet" logger: the recipe changed on request
+        logger.warning(
             "train.total_batch_size=%d: lr %.3g -> %.3g, max_iter %d -> %d (schedule, warm-up and periods rescaled)",
             target, old_lr, cfg.optimizer.lr, old_iter, train.max_iter,
         )  # fmt: skip
