@@ -571,3 +571,8 @@ def test_readme_recipe_table_is_the_generated_one():
     assert replace_table(doc, recipe_table(ROOT)) == doc, fix
     with pytest.raises(ValueError, match="no recipe table markers"):
         replace_table("no table here", "x")
+
+
+def test_get_optimizer_params_names_a_bad_norm_rule():
+    with pytest.raises(ValueError, match="norm_types must be one of"):
+        get_optimizer_params(torch.nn.Linear(2, 2), norm_types="detectron2")
