@@ -1,6 +1,6 @@
 """The LazyConfigs under configs/: every one loads and builds, and resolves to the papers' recipes.
 
-The expected numbers below are the papers' (paper 001 Tab. 16 and App. A.3 for HieraDet; the ViTDet
+The expected numbers below are the papers' (Bolya et al. 2024 Tab. 16 and App. A.3 for HieraDet; the ViTDet
 recipe for the fixed ViTDet); the test reads the configs' values and compares.
 """
 
@@ -36,14 +36,14 @@ PROJECT_CONFIGS = sorted(
 RECIPES = [c for c in CONFIGS if "/ablations/" not in c and "/system/" not in c]
 ABLATIONS = [c for c in CONFIGS if "/ablations/" in c]
 
-# Paper 001 Tab. 16 (COCO) and App. A.3 (LVIS lr; LVIS always 100 epochs).
+# Bolya et al. 2024, Tab. 16 (COCO) and App. A.3 (LVIS lr; LVIS always 100 epochs).
 HIERA_TAB16 = {
     "b": dict(lr=1.4e-4, drop_path=0.2, layer_decay=0.85, epochs=100, lvis_lr=1.4e-4),
     "bplus": dict(lr=7e-5, drop_path=0.3, layer_decay=0.85, epochs=100, lvis_lr=1.4e-4),
     "l": dict(lr=1.2e-4, drop_path=0.45, layer_decay=0.9, epochs=100, lvis_lr=2.4e-4),
     "h": dict(lr=6e-5, drop_path=0.55, layer_decay=0.925, epochs=75, lvis_lr=6e-5),
 }
-# Paper 001 Tab. 16: global attention layers; and Hiera's stage ends (0-based last block of each stage).
+# Bolya et al. 2024, Tab. 16: global attention layers; and Hiera's stage ends (0-based last block of each stage).
 HIERA_GLOBAL = {"b": (12, 16, 20), "bplus": (12, 16, 20), "l": (23, 33, 43), "h": (23, 33, 43)}
 HIERA_STAGE_ENDS = {"b": (1, 4, 20, 23), "bplus": (1, 4, 20, 23), "l": (1, 7, 43, 47), "h": (1, 7, 43, 47)}
 # ViTDet (Li et al. 2022): COCO and LVIS recipes.
@@ -198,6 +198,16 @@ def test_ablation_configs_change_only_the_position_embedding_and_relpos(path):
         assert (bb.pos_embed_window, bb.pos_embed_global) == (56, None)
     for key in ("drop_path_rate", "global_blocks", "window_size", "img_size"):
         assert bb[key] == pbb[key]
+    assert cfg.optimizer.lr == parent.optimizer.lr
+    if "hieradet" in stem and pe == "interp":
+        # the interpolated embedding is retrained: no layer decay (Ryali et al. 2023; Bolya et al. 2024 footnote 2)
+        assert cfg.optimizer.params.lr_decay_rate == 1.0 and parent.optimizer.params.lr_decay_rate == 0.9
+    else:  # abs-win HieraDet ablations and every ViTDet ablation (Tab. 3: "the same training setup as Li et al.")
+        assert cfg.optimizer.params.lr_decay_rate == parent.optimizer.params.lr_decay_rate
+    assert OmegaConf.to_container(cfg.optimizer.params) == {
+        **OmegaConf.to_container(parent.optimizer.params),
+        "lr_decay_rate": cfg.optimizer.params.lr_decay_rate,
+    }
     assert cfg.optimizer.lr == parent.optimizer.lr and cfg.train.max_iter == parent.train.max_iter
 
 
@@ -263,18 +273,75 @@ def test_layer_decay_and_weight_decay_groups_from_a_config():
     assert h("roi_heads.box_predictor.cls_score.weight") == pytest.approx((lr, 0.1))
 
 
-def test_vitdet_configs_keep_vitdets_weight_decay_on_biases():
-    cfg = make_tiny(_load("configs/COCO/mask_rcnn_vitdet_b_100ep.py"), image_size=64, num_classes=3)
+# detectron2's projects/ViTDet configs: optimizer.params of each size (get_default_optimizer_params with
+# lr_factor_func=get_vit_lr_decay_rate(num_layers, rate)); ViT-H (COCO 75 ep and LVIS): overrides={} and
+# weight_decay_norm=None.
+VITDET_D2_PARAMS = {
+    "b": dict(num_layers=12, lr_decay_rate=0.7, overrides={"pos_embed": {"weight_decay": 0.0}}, weight_decay_norm=0.0),
+    "l": dict(num_layers=24, lr_decay_rate=0.8, overrides={"pos_embed": {"weight_decay": 0.0}}, weight_decay_norm=0.0),
+    "h": dict(num_layers=32, lr_decay_rate=0.9, overrides={}, weight_decay_norm=None),
+}
+VITDET_CONFIGS = [c for c in CONFIGS if "_vitdet_" in Path(c).stem and "/system/" not in c]
+
+
+def _hyper_by_name(model, optimizer):
+    """``{parameter name: (lr, weight_decay)}`` as ``optimizer`` will apply them."""
+    by_id = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    return {n: by_id[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_vitdet_configs_cover_b_l_h_coco_lvis_mask_and_cascade():
+    kinds = {(_parse(c)[0], _parse(c)[1], _parse(c)[3]) for c in VITDET_CONFIGS if "/ablations/" not in c}
+    assert kinds == {(d, c, s) for d in ("COCO", "LVIS") for c in (False, True) for s in ("b", "l", "h")}
+
+
+@pytest.mark.parametrize("path", VITDET_CONFIGS)
+def test_vitdet_optimizer_groups_equal_vitdets_per_parameter(path):
+    """Every parameter outside our tiled embedding gets exactly the (lr, weight decay) detectron2's
+    get_default_optimizer_params + get_vit_lr_decay_rate give it with ViTDet's settings for that size (a
+    shallow model; the real depth for the lr-decay factors); our embedding gets ViTDet's pos_embed rule."""
+    from functools import partial
+
+    from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+    from detectron2.solver import get_default_optimizer_params
+
+    size = _parse(path)[3]
+    ref = VITDET_D2_PARAMS[size]
+    cfg = make_tiny(_load(path), image_size=64, num_classes=3)
+    assert cfg.optimizer._target_ is torch.optim.AdamW and cfg.optimizer.weight_decay == 0.1
+    rh = cfg.model.roi_heads
+    for predictor in rh.box_predictors if "box_predictors" in rh else [rh.box_predictor]:
+        predictor.use_fed_loss = False  # LVIS: the class weights need the dataset; no parameters involved
     model = instantiate(cfg.model)
     cfg.optimizer.params.model = model
-    opt = instantiate(cfg.optimizer)
-    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-    named = dict(model.named_parameters())
-    # relpos (new, zero-initialised, on the global blocks only) gets none, like every position embedding here
-    assert wd[id(named["backbone.net.blocks.1.attn.rel_pos_h"])] == 0.0
-    assert wd[id(named["backbone.net.blocks.0.attn.qkv.bias"])] == 0.1
-    assert wd[id(named["backbone.net.pos_embed.window_embed"])] == 0.0
-    assert wd[id(named["backbone.net.blocks.0.norm1.weight"])] == 0.0
+    cfg.optimizer.params.num_blocks = ref["num_layers"]  # the real depth (the tiny model has 2 blocks)
+    ours = _hyper_by_name(model, instantiate(cfg.optimizer))
+
+    lr = cfg.optimizer.lr
+    d2_groups = get_default_optimizer_params(
+        model,
+        base_lr=lr,
+        weight_decay_norm=ref["weight_decay_norm"],
+        overrides=dict(ref["overrides"]),
+        lr_factor_func=partial(get_vit_lr_decay_rate, num_layers=ref["num_layers"], lr_decay_rate=ref["lr_decay_rate"]),
+    )
+    theirs = _hyper_by_name(model, torch.optim.AdamW(d2_groups, lr=lr, weight_decay=0.1))
+
+    embed = {n for n in ours if n.startswith("backbone.net.pos_embed.")}
+    assert embed and set(ours) == set(theirs)
+    mismatched = {n: (ours[n], theirs[n]) for n in ours if n not in embed and ours[n] != pytest.approx(theirs[n])}
+    assert not mismatched, f"{len(mismatched)} differ from ViTDet's groups, e.g. {list(mismatched.items())[:3]}"
+    # our tiled embedding: ViTDet's pos_embed rule (layer 0; no weight decay in B/L, decayed in H)
+    embed_wd = ref["overrides"].get("pos_embed", {}).get("weight_decay", 0.1)
+    stem_lr = lr * ref["lr_decay_rate"] ** (ref["num_layers"] + 1)
+    for n in embed:
+        assert ours[n] == pytest.approx((stem_lr, embed_wd)), n
+    # the kinds the audit named, spelled out: detectron2's channels-first LN decayed, biases decayed
+    assert ours["backbone.simfp_2.1.weight"][1] == 0.1
+    assert ours["backbone.net.blocks.0.attn.qkv.bias"][1] == 0.1
+    assert ours["backbone.net.blocks.0.norm1.weight"][1] == (0.1 if size == "h" else 0.0)
+    head = "box_predictor" if "box_predictor" in rh else "box_predictor.0"
+    assert ours[f"roi_heads.{head}.cls_score.weight"] == pytest.approx((lr, 0.1))
 
 
 def test_lvis_fed_loss_weights_come_from_the_training_set(synthetic_lvis):
@@ -374,3 +441,138 @@ def test_lvis_config_evaluates_with_the_lvis_evaluator(synthetic_lvis):
     results = do_test(cfg, model)
     assert set(results) == {"bbox", "segm"}
     assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch-size rescaling (hieradet.solver.rescale_batch / apply_total_batch_size)
+
+
+def _lr_at(cfg, iters):
+    sched = instantiate(cfg.lr_multiplier)
+    return [sched(i / cfg.train.max_iter) for i in iters]
+
+
+def test_rescale_batch_keeps_the_recipe_per_epoch():
+    from hieradet.solver import rescale_batch
+
+    base = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    cfg = rescale_batch(_load("configs/COCO/mask_rcnn_hieradet_b_100ep.py"), 16)
+    assert cfg.dataloader.train.total_batch_size == 16
+    assert cfg.optimizer.lr == pytest.approx(base.optimizer.lr / 4)  # linear scaling
+    assert cfg.train.max_iter == round(100 * 118_000 / 16) == 4 * base.train.max_iter
+    assert list(cfg.lr_multiplier.scheduler.milestones) == [4 * m for m in base.lr_multiplier.scheduler.milestones]
+    assert cfg.lr_multiplier.scheduler.num_updates == cfg.train.max_iter
+    assert cfg.train.eval_period == 4 * base.train.eval_period
+    assert cfg.train.checkpointer.period == 4 * base.train.checkpointer.period
+    # the multiplier at the same epoch is the same: warm-up (250 -> 1000 iterations) and both drops
+    k = [0, 100, 249, 250, 5000, *base.lr_multiplier.scheduler.milestones, base.train.max_iter - 1]
+    assert _lr_at(cfg, [4 * i for i in k]) == pytest.approx(_lr_at(base, k))
+    assert _lr_at(cfg, [999])[0] < 1.0 and _lr_at(cfg, [1000])[0] == pytest.approx(1.0)
+    # the optimizer's base_lr follows optimizer.lr
+    assert OmegaConf.to_container(cfg.optimizer.params)["base_lr"] == "${..lr}"
+
+
+def test_rescale_batch_hivit_recipe_and_bad_input():
+    from hieradet.solver import rescale_batch
+
+    base = _load("projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py")
+    cfg = rescale_batch(_load("projects/HiViT/configs/COCO/mask_rcnn_hivit_b_1x.py"), 32)
+    assert cfg.optimizer.lr == pytest.approx(2 * base.optimizer.lr)
+    assert cfg.train.max_iter == round(12 * 118_000 / 32)
+    assert cfg.lr_multiplier.warmup_length * cfg.train.max_iter == pytest.approx(250)  # 500 at 16 -> 250 at 32
+    for bad in (0, -8, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            rescale_batch(base, bad)
+
+
+def test_train_total_batch_size_rescales_once_and_a_bare_batch_override_warns():
+    import warnings
+
+    from hieradet.solver import apply_total_batch_size
+
+    base = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    assert base.train.total_batch_size is None and base.train.recipe.total_batch_size == 64
+    cfg = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    cfg.train.total_batch_size = 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_total_batch_size(cfg)
+        apply_total_batch_size(cfg)  # idempotent: do_train may see the same config again (--resume)
+    assert cfg.dataloader.train.total_batch_size == 16 and cfg.train.max_iter == 4 * base.train.max_iter
+    assert cfg.optimizer.lr == pytest.approx(base.optimizer.lr / 4)
+
+    bare = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    bare.dataloader.train.total_batch_size = 16
+    with pytest.warns(UserWarning, match=r"cover 25 epochs instead of 100.*train\.total_batch_size=16"):
+        apply_total_batch_size(bare)
+    assert bare.train.max_iter == base.train.max_iter  # trained as asked, only warned
+
+    both = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    both.dataloader.train.total_batch_size = 16
+    both.train.total_batch_size = 32
+    with pytest.raises(ValueError, match="both change the recipe's batch of 64"):
+        apply_total_batch_size(both)
+
+
+def test_do_train_applies_the_batch_size_option_before_building(tmp_path):
+    cfg = _load("configs/COCO/mask_rcnn_hieradet_b_100ep.py")
+    cfg.train.output_dir = str(tmp_path)
+    cfg.dataloader.train.total_batch_size = 16
+    cfg.train.total_batch_size = 32
+    with pytest.raises(ValueError, match="both change the recipe's batch"):
+        do_train(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the generated recipe table
+
+
+def test_every_detection_config_names_its_paper_target_itself():
+    """A child config inherits its parent's ``train`` (e.g. a cascade from its Mask R-CNN): each file must set
+    its own target so that the table never shows a parent's number."""
+    from hieradet.solver.recipe_table import detection_configs
+
+    paths = detection_configs(ROOT)
+    assert set(CONFIGS) <= set(paths) and set(PROJECT_CONFIGS) <= set(paths)
+    missing = [p for p in paths if "train.paper_target = " not in (ROOT / p).read_text()]
+    assert not missing
+
+
+def test_recipe_row_is_read_from_the_config():
+    from hieradet.solver.recipe_table import recipe_row
+
+    path = "configs/COCO/ablations/mask_rcnn_hieradet_l_100ep_interp_relpos_all.py"
+    row = recipe_row(_load(path), path)
+    assert row["backbone"] == "HieraDet-L" and row["detector"] == "Mask R-CNN"
+    assert (row["epochs"], row["iters"], row["batch"], row["lr"]) == ("100", "184375", "64", "1.2e-4")
+    assert (row["layer decay"], row["drop path"], row["relpos"]) == ("1", "0.45", "all")
+    assert row["embedding"].startswith("interpolate") and row["train images"] == "LSJ 1024 [0.1, 2]"
+    assert row["paper target"] == "box 55.6 / mask 49.3 (Bolya et al. 2024, Tab. 5)"
+    assert row["no weight decay on"] == "norms, biases, pos embed, relpos"
+
+    path = "configs/LVIS/cascade_mask_rcnn_vitdet_h_100ep.py"
+    cfg = _load(path)
+    row = recipe_row(cfg, path)
+    assert (row["backbone"], row["detector"], row["no weight decay on"]) == ("ViTDet-H", "Cascade Mask R-CNN", "none")
+    cfg.optimizer.lr = 3e-4  # the row follows the config, not a copy
+    assert recipe_row(cfg, path)["lr"] == "3e-4"
+    assert recipe_row(_load("configs/COCO/mask_rcnn_vitdet_b_100ep.py"), "x")["no weight decay on"] == (
+        "torch norms, pos embed"
+    )
+
+
+@pytest.mark.slow
+def test_readme_recipe_table_is_the_generated_one():
+    """docs/readme/configs.md holds exactly what tools/recipe_table.py prints (about 50 s: it loads ~60 configs)."""
+    from hieradet.solver.recipe_table import recipe_table, replace_table
+
+    doc = (ROOT / "docs" / "readme" / "configs.md").read_text()
+    fix = "run: python tools/recipe_table.py --write docs/readme/configs.md"
+    assert replace_table(doc, recipe_table(ROOT)) == doc, fix
+    with pytest.raises(ValueError, match="no recipe table markers"):
+        replace_table("no table here", "x")
+
+
+def test_get_optimizer_params_names_a_bad_norm_rule():
+    with pytest.raises(ValueError, match="norm_types must be one of"):
+        get_optimizer_params(torch.nn.Linear(2, 2), norm_types="detectron2")

@@ -4,3 +4,4 @@ from ..common.models.cascade import make_cascade
 from .mask_rcnn_hieradet_s_100ep import dataloader, lr_multiplier, model, optimizer, train
 
 make_cascade(model)
+train.paper_target = "none (not in Bolya et al. 2024)"

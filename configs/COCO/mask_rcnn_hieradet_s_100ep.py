@@ -13,3 +13,4 @@ model.backbone.bottom_up.update(hieradet_kwargs("S"))  # 96 wide, 1 head, 1-2-11
 model.backbone.bottom_up.drop_path_rate = 0.15
 optimizer.lr = 1.4e-4
 optimizer.params.lr_decay_rate = 0.8
+train.paper_target = "none (not in Bolya et al. 2024)"

@@ -13,3 +13,4 @@ model.backbone.bottom_up.update(hieradet_kwargs("T"))  # 96 wide, 1 head, 1-2-7-
 model.backbone.bottom_up.drop_path_rate = 0.1
 optimizer.lr = 1.4e-4
 optimizer.params.lr_decay_rate = 0.75
+train.paper_target = "none (not in Bolya et al. 2024)"

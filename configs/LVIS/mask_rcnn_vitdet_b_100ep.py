@@ -1,16 +1,11 @@
 """Mask R-CNN, fixed ViTDet-B (abs win), LVIS v1, 100 epochs: ViTDet's LVIS recipe (lr 2e-4, repeat-factor
 sampling, federated loss), position embedding fixed."""
 
-from hieradet.solver import LVIS_TRAIN_IMAGES, epochs_to_iters, step_lr_multiplier
-
-from ..COCO.mask_rcnn_vitdet_b_100ep import dataloader, lr_multiplier, model, optimizer, train
-from ..common.lvis import make_lvis
+from ..COCO.mask_rcnn_vitdet_b_100ep import dataloader, model, optimizer, train
+from ..common.lvis import lvis_schedule, make_lvis
 
 make_lvis(model, dataloader)
 optimizer.lr = 2e-4
 
-# 100 epochs of LVIS v1 train (~100k images) at 64 images per batch: 100 * 100000 / 64 = 156250 iterations;
-# step decay at 8/9 and 26/27 of them (iterations 138889 and 150463)
-train.max_iter = epochs_to_iters(100, LVIS_TRAIN_IMAGES, dataloader.train.total_batch_size)
-lr_multiplier = step_lr_multiplier(train.max_iter)
-train.eval_period = 30000
+lr_multiplier = lvis_schedule(train, dataloader)
+train.paper_target = "none (not in Bolya et al. 2024)"

@@ -9,3 +9,4 @@ model.backbone.net.update(vit_kwargs("L"))  # 1024 wide, 24 blocks, 16 heads, gl
 model.backbone.net.drop_path_rate = 0.4
 optimizer.lr = 2e-4
 optimizer.params.lr_decay_rate = 0.8
+train.paper_target = "none (not in Bolya et al. 2024)"

@@ -4,7 +4,8 @@ Repeat-factor sampling (threshold 0.001; ``hieradet.utils.resume.ResumableTraini
 detectron2's per-image repeat factors, so that ``--resume`` continues the stream), 1203 classes with
 sigmoid cross-entropy and the federated loss (class weights ``image_count ** 0.5``), score threshold
 0.02 and up to 300 detections per image, evaluated by the LVIS evaluator with 300 detections per
-image. Apply it before ``make_cascade``: the cascade predictors copy these settings.
+image. Apply it before ``make_cascade``: the cascade predictors copy these settings. ``lvis_schedule`` is the
+LVIS schedule of every LVIS config (100 epochs of LVIS v1 train).
 """
 
 from detectron2.config import LazyCall as L
@@ -12,9 +13,19 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 from hieradet.engine import FedLossClassWeights
 from hieradet.evaluation import LVISEvaluator
+from hieradet.solver import LVIS_TRAIN_IMAGES, epoch_schedule
 from hieradet.utils.resume import ResumableTrainingSampler
 
 LVIS_NUM_CLASSES = 1203
+LVIS_EPOCHS = 100  # ViTDet and Bolya et al. 2024 (App. A.3): 100 epochs for every size
+
+
+def lvis_schedule(train, dataloader, epochs=LVIS_EPOCHS):
+    """Sets ``train.max_iter`` / ``train.eval_period`` for ``epochs`` of LVIS v1 train and returns the step
+    ``lr_multiplier``: 100 * 100000 / 64 = 156250 iterations, x0.1 at 8/9 and 26/27 (138889, 150463)."""
+    lr_multiplier = epoch_schedule(train, dataloader, epochs=epochs, images_per_epoch=LVIS_TRAIN_IMAGES)
+    train.eval_period = 30000
+    return lr_multiplier
 
 
 def make_lvis(model, dataloader, train_names="lvis_v1_train", test_names="lvis_v1_val"):

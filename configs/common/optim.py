@@ -1,5 +1,10 @@
-"""AdamW with hieradet's parameter groups: no weight decay on norms, biases, abs-win position
-embeddings and relpos tables; layer-wise lr decay via ``optimizer.params.lr_decay_rate``."""
+"""AdamW with hieradet's parameter groups and layer-wise lr decay (``optimizer.params.lr_decay_rate``).
+
+The defaults are HieraDet's rules (Bolya et al. 2024, Tab. 16): no weight decay on norms (also detectron2's
+channels-first LayerNorm of the FPN / heads), biases, abs-win position embeddings and relpos tables. The fixed
+ViTDet configs switch to ViTDet's own rules (``configs/COCO/mask_rcnn_vitdet_b_100ep.py``); see
+``hieradet.solver.get_optimizer_params``.
+"""
 
 import torch
 from detectron2.config import LazyCall as L
@@ -12,6 +17,7 @@ AdamW = L(torch.optim.AdamW)(
         base_lr="${..lr}",
         weight_decay_norm=0.0,
         weight_decay_bias=0.0,
+        norm_types="all",
         lr_decay_rate=1.0,
     ),
     lr=1e-4,

@@ -1,4 +1,4 @@
-"""Paper 001's system-level settings (Tab. 11): 1280 px LSJ training and testing, linear soft-NMS
+"""Bolya et al. 2024's system-level settings (Tab. 11): 1280 px LSJ training and testing, linear soft-NMS
 ("When we use softnms, we use the linear method", App. A), and multi-scale + flip test-time augmentation.
 
 The paper does not list its test scales; ours: short edges 800-1440 px in steps of 160 (long edge <= 1920),

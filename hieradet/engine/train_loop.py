@@ -29,6 +29,7 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from hieradet.checkpoint import HieraDetCheckpointer
+from hieradet.solver.recipes import apply_total_batch_size
 from hieradet.utils.box_only import auto_box_only
 from hieradet.utils.guards import install_input_guard
 from hieradet.utils.resume import DeterministicResumeHook, find_sampler
@@ -131,6 +132,7 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
     missing = [k for k in _REQUIRED_TRAIN_KEYS if k not in cfg.train]
     if missing:
         raise KeyError(f"config `train` lacks {missing}; start from detectron2's common/train.py")
+    apply_total_batch_size(cfg)  # train.total_batch_size=N: the recipe at N images per step (lr, schedule)
     if cfg.train.max_iter <= 0:
         raise ValueError(f"train.max_iter must be positive, got {cfg.train.max_iter}")
     _check_trainable(cfg)

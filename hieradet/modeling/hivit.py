@@ -21,14 +21,10 @@ code does, rather than by a new, untrained downsampling layer. Each output goes 
 """
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -53,9 +49,6 @@ __all__ = [
     "MlpBlock",
     "PatchMerge",
     "HierarchicalPatchEmbed",
-    "add_hivit_config",
-    "build_hivit_backbone",
-    "build_hivit_fpn_backbone",
 ]
 
 # Paper 002, Tab. 7: blocks per stage (56^2, 28^2, 14^2 at 224 px), main-stage width (the stem stages are C/4 and
@@ -340,71 +333,9 @@ def hivit_kwargs(size: str, **overrides) -> dict:
     return kw
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# yacs configs
+def __getattr__(name):  # the yacs builders live in hieradet.modeling.registry; this keeps the old import path
+    if name in ("add_hivit_config", "build_hivit_backbone", "build_hivit_fpn_backbone"):
+        from . import registry
 
-
-def add_hivit_config(cfg: CN) -> None:
-    """Adds the ``MODEL.HIVIT`` keys with their defaults (HiViT-B, abs-win, relpos on the global blocks)."""
-    cfg.MODEL.HIVIT = CN()
-    c = cfg.MODEL.HIVIT
-    c.SIZE = "B"  # T, S, B, L
-    c.WINDOW_SIZE = 14
-    c.GLOBAL_BLOCKS = []  # empty: 4 evenly spaced (B: 4, 9, 14, 19)
-    c.RELPOS = "global"  # global | all | none
-    c.POS_EMBED = "abswin"  # abswin | interpolate
-    c.IMG_SIZE = 1024
-    c.DROP_PATH_RATE = -1.0  # < 0: the size's default (B: 0.2)
-    c.USE_ACT_CHECKPOINT = False
-    c.OUT_NORM = True
-    c.SQUARE_PAD = False  # True: pad every batch to IMG_SIZE x IMG_SIZE (LSJ-style data)
-    c.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
-
-
-def _hivit_from_cfg(cfg: CN) -> HiViT:
-    if "HIVIT" not in cfg.MODEL:
-        raise KeyError("cfg.MODEL.HIVIT is missing: call hieradet.modeling.hivit.add_hivit_config(cfg) first")
-    c = cfg.MODEL.HIVIT
-    kw = hivit_kwargs(c.SIZE)
-    if c.GLOBAL_BLOCKS:
-        kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
-    if c.DROP_PATH_RATE >= 0:
-        kw["drop_path_rate"] = c.DROP_PATH_RATE
-    return HiViT(
-        **kw,
-        window_size=c.WINDOW_SIZE,
-        relpos=c.RELPOS,
-        pos_embed=c.POS_EMBED,
-        img_size=c.IMG_SIZE,
-        out_norm=c.OUT_NORM,
-        use_act_checkpoint=c.USE_ACT_CHECKPOINT,
-        out_features=tuple(c.OUT_FEATURES),
-    )
-
-
-@BACKBONE_REGISTRY.register()
-def build_hivit_backbone(cfg: CN, input_shape: ShapeSpec) -> HiViT:
-    """HiViT alone (features ``scale2``-``scale5``), configured by ``MODEL.HIVIT``."""
-    return _hivit_from_cfg(cfg)
-
-
-@BACKBONE_REGISTRY.register()
-def build_hivit_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
-    """HiViT + detectron2's FPN (p2-p6), configured by ``MODEL.HIVIT`` and ``MODEL.FPN``."""
-    in_features: List[str] = list(cfg.MODEL.FPN.IN_FEATURES)
-    bottom_up = _hivit_from_cfg(cfg)
-    missing = [f for f in in_features if f not in bottom_up.output_shape()]
-    if missing:
-        raise ValueError(
-            f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which HiViT does not output; HiViT outputs "
-            f"{list(bottom_up.output_shape())} (set MODEL.FPN.IN_FEATURES = ['scale2', 'scale3', 'scale4', 'scale5'])"
-        )
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=in_features,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        square_pad=cfg.MODEL.HIVIT.IMG_SIZE if cfg.MODEL.HIVIT.SQUARE_PAD else 0,
-    )
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

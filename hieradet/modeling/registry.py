@@ -1,4 +1,5 @@
-"""detectron2 ``BACKBONE_REGISTRY`` entries, so yacs-config projects can use the backbones.
+"""detectron2 ``BACKBONE_REGISTRY`` entries, so yacs-config projects can use the backbones (HieraDet, the fixed
+ViTDet, HiViT: ``add_hivit_config`` + ``build_hivit_fpn_backbone``).
 
 Usage from another Detectron2 project::
 
@@ -11,7 +12,13 @@ Usage from another Detectron2 project::
     cfg.MODEL.BACKBONE.NAME = "build_hieradet_fpn_backbone"
     cfg.MODEL.HIERADET.SIZE = "B"
     cfg.MODEL.FPN.IN_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
+    optimizer = build_recipe_optimizer(cfg, model)  # AdamW with the size's lr, layer decay and groups
+
+``-1`` in ``DROP_PATH_RATE``, ``LR_DECAY_RATE`` and ``BASE_LR`` means the size's default, the same values the
+LazyConfigs use (``hieradet.solver.HIERADET_RECIPES`` / ``VITDET_RECIPES``: Bolya et al. 2024 Tab. 16, ViTDet).
 """
+
+from typing import List
 
 from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
@@ -19,10 +26,23 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
+from ..solver.param_groups import VITDET_NO_WEIGHT_DECAY_KEYS, get_optimizer_params
+from ..solver.recipes import size_recipe
 from .hieradet import HieraDet, hieradet_kwargs
+from .hivit import HiViT, hivit_kwargs
 from .vit import ViT, vit_kwargs
 
-__all__ = ["add_hieradet_config", "build_hieradet_backbone", "build_hieradet_fpn_backbone", "build_vitdet_backbone"]
+__all__ = [
+    "add_hieradet_config",
+    "add_hivit_config",
+    "build_hieradet_backbone",
+    "build_hieradet_fpn_backbone",
+    "build_hivit_backbone",
+    "build_hivit_fpn_backbone",
+    "build_recipe_optimizer",
+    "build_vitdet_backbone",
+    "recipe_from_cfg",
+]
 
 
 def add_hieradet_config(cfg: CN) -> None:
@@ -36,8 +56,12 @@ def add_hieradet_config(cfg: CN) -> None:
     c.POS_EMBED = "abswin"  # abswin | abswin_single | interpolate
     c.POS_EMBED_WINDOW = 8  # 56 for an original Hiera checkpoint (its full grid is the tile)
     c.POS_EMBED_GLOBAL = 7  # 0 for none
+    c.PRETRAIN_IMG_SIZE = 224  # image size of the pretrained model (timm's abs-win Hiera: 256)
+    c.POS_EMBED_ANTIALIAS = False  # antialiased global-embedding interpolation (timm's abs-win Hiera: True)
     c.IMG_SIZE = 1024
-    c.DROP_PATH_RATE = 0.2
+    c.DROP_PATH_RATE = -1.0  # < 0: the size's default (Tab. 16: B 0.2, B+ 0.3, L 0.45, H 0.55)
+    c.LR_DECAY_RATE = -1.0  # < 0: the size's default (Tab. 16: B/B+ 0.85, L 0.9, H 0.925); for build_recipe_optimizer
+    c.BASE_LR = -1.0  # < 0: the size's COCO lr (Tab. 16: B 1.4e-4, B+ 7e-5, L 1.2e-4, H 6e-5); build_recipe_optimizer
     c.USE_ACT_CHECKPOINT = False
     c.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
 
@@ -47,15 +71,67 @@ def add_hieradet_config(cfg: CN) -> None:
     v.WINDOW_SIZE = 14
     v.RELPOS = "global"
     v.POS_EMBED = "abswin"  # abswin | interpolate
+    v.PRETRAIN_IMG_SIZE = 224  # image size of the pretrained ViT (224: a 14x14 grid)
     v.IMG_SIZE = 1024
-    v.DROP_PATH_RATE = 0.1
+    v.DROP_PATH_RATE = -1.0  # < 0: the size's default (ViTDet: B 0.1, L 0.4, H 0.5)
+    v.LR_DECAY_RATE = -1.0  # < 0: the size's default (ViTDet: B 0.7, L 0.8, H 0.9); for build_recipe_optimizer
+    v.BASE_LR = -1.0  # < 0: the size's COCO lr (ViTDet: 1e-4); for build_recipe_optimizer
     v.USE_ACT_CHECKPOINT = False
     v.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+
+
+def _family(cfg: CN) -> str:
+    name = cfg.MODEL.BACKBONE.NAME
+    if name in ("build_hieradet_backbone", "build_hieradet_fpn_backbone"):
+        return "hieradet"
+    if name == "build_vitdet_backbone":
+        return "vitdet"
+    raise ValueError(f"MODEL.BACKBONE.NAME={name!r} is not one of hieradet's backbones")
+
+
+def recipe_from_cfg(cfg: CN, family: str = None) -> dict:
+    """The recipe values ``dict(lr, drop_path_rate, lr_decay_rate, weight_decay)`` the yacs ``cfg`` asks for:
+    ``MODEL.HIERADET`` (or ``MODEL.VITDET``) values, ``-1`` replaced by the size's default.
+
+    Args:
+        cfg: a config with :func:`add_hieradet_config` keys.
+        family (str or None): "hieradet" or "vitdet"; ``None`` reads it from ``MODEL.BACKBONE.NAME``.
+    """
+    family = family or _family(cfg)
+    c = cfg.MODEL.HIERADET if family == "hieradet" else cfg.MODEL.VITDET
+    recipe = size_recipe(family, c.SIZE)
+    for key, value in (("lr", c.BASE_LR), ("drop_path_rate", c.DROP_PATH_RATE), ("lr_decay_rate", c.LR_DECAY_RATE)):
+        if value >= 0:
+            recipe[key] = float(value)
+    return recipe
+
+
+def build_recipe_optimizer(cfg: CN, model):
+    """AdamW over ``model`` with the recipe of the yacs ``cfg``'s backbone and size, as the LazyConfigs build it:
+    lr, weight decay 0.1, betas (0.9, 0.999), layer-wise lr decay, and the parameter groups of the family
+    (HieraDet: Tab. 16's exemptions; fixed ViTDet: ViTDet's own groups, ViT-H decaying everything).
+
+    Args:
+        cfg: a config with :func:`add_hieradet_config` keys and ``MODEL.BACKBONE.NAME`` one of ours.
+        model: the built detector (its backbone under ``model.backbone``).
+    """
+    import torch
+
+    family = _family(cfg)
+    recipe = recipe_from_cfg(cfg, family)
+    kw = {}
+    if family == "vitdet":
+        kw = dict(norm_types="torch", weight_decay_bias=None, no_weight_decay_keys=VITDET_NO_WEIGHT_DECAY_KEYS)
+        if cfg.MODEL.VITDET.SIZE == "H":  # ViTDet-H: overrides={} and weight_decay_norm=None
+            kw.update(weight_decay_norm=None, no_weight_decay_keys=())
+    params = get_optimizer_params(model, base_lr=recipe["lr"], lr_decay_rate=recipe["lr_decay_rate"], **kw)
+    return torch.optim.AdamW(params, lr=recipe["lr"], betas=(0.9, 0.999), weight_decay=recipe["weight_decay"])
 
 
 def _hieradet_from_cfg(cfg: CN) -> HieraDet:
     c = cfg.MODEL.HIERADET
     kw = hieradet_kwargs(c.SIZE)
+    kw["drop_path_rate"] = recipe_from_cfg(cfg, "hieradet")["drop_path_rate"]
     if c.GLOBAL_BLOCKS:
         kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
     return HieraDet(
@@ -63,10 +139,11 @@ def _hieradet_from_cfg(cfg: CN) -> HieraDet:
         window_size=tuple(c.WINDOW_SIZE),
         relpos=c.RELPOS,
         img_size=c.IMG_SIZE,
+        pretrain_img_size=c.PRETRAIN_IMG_SIZE,
         pos_embed=c.POS_EMBED,
         pos_embed_window=c.POS_EMBED_WINDOW or None,
         pos_embed_global=c.POS_EMBED_GLOBAL or None,
-        drop_path_rate=c.DROP_PATH_RATE,
+        pos_embed_antialias=c.POS_EMBED_ANTIALIAS,
         use_act_checkpoint=c.USE_ACT_CHECKPOINT,
         out_features=tuple(c.OUT_FEATURES),
     )
@@ -96,10 +173,11 @@ def build_vitdet_backbone(cfg: CN, input_shape: ShapeSpec) -> SimpleFeaturePyram
     """Fixed ViTDet (abs-win ViT) + detectron2's SimpleFeaturePyramid (p2-p6), square-padded."""
     v = cfg.MODEL.VITDET
     kw = vit_kwargs(v.SIZE)
-    kw["drop_path_rate"] = v.DROP_PATH_RATE
+    kw["drop_path_rate"] = recipe_from_cfg(cfg, "vitdet")["drop_path_rate"]
     net = ViT(
         **kw,
         img_size=v.IMG_SIZE,
+        pretrain_img_size=v.PRETRAIN_IMG_SIZE,
         window_size=v.WINDOW_SIZE,
         relpos=v.RELPOS,
         pos_embed=v.POS_EMBED,
@@ -113,4 +191,74 @@ def build_vitdet_backbone(cfg: CN, input_shape: ShapeSpec) -> SimpleFeaturePyram
         top_block=LastLevelMaxPool(),
         norm="LN",
         square_pad=v.IMG_SIZE,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HiViT (Zhang et al. 2023)
+
+
+def add_hivit_config(cfg: CN) -> None:
+    """Adds the ``MODEL.HIVIT`` keys with their defaults (HiViT-B, abs-win, relpos on the global blocks)."""
+    cfg.MODEL.HIVIT = CN()
+    c = cfg.MODEL.HIVIT
+    c.SIZE = "B"  # T, S, B, L
+    c.WINDOW_SIZE = 14
+    c.GLOBAL_BLOCKS = []  # empty: 4 evenly spaced (B: 4, 9, 14, 19)
+    c.RELPOS = "global"  # global | all | none
+    c.POS_EMBED = "abswin"  # abswin | interpolate
+    c.IMG_SIZE = 1024
+    c.DROP_PATH_RATE = -1.0  # < 0: the size's default (B: 0.2)
+    c.USE_ACT_CHECKPOINT = False
+    c.OUT_NORM = True
+    c.SQUARE_PAD = False  # True: pad every batch to IMG_SIZE x IMG_SIZE (LSJ-style data)
+    c.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
+
+
+def _hivit_from_cfg(cfg: CN) -> HiViT:
+    if "HIVIT" not in cfg.MODEL:
+        raise KeyError("cfg.MODEL.HIVIT is missing: call hieradet.modeling.registry.add_hivit_config(cfg) first")
+    c = cfg.MODEL.HIVIT
+    kw = hivit_kwargs(c.SIZE)
+    if c.GLOBAL_BLOCKS:
+        kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
+    if c.DROP_PATH_RATE >= 0:
+        kw["drop_path_rate"] = c.DROP_PATH_RATE
+    return HiViT(
+        **kw,
+        window_size=c.WINDOW_SIZE,
+        relpos=c.RELPOS,
+        pos_embed=c.POS_EMBED,
+        img_size=c.IMG_SIZE,
+        out_norm=c.OUT_NORM,
+        use_act_checkpoint=c.USE_ACT_CHECKPOINT,
+        out_features=tuple(c.OUT_FEATURES),
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_hivit_backbone(cfg: CN, input_shape: ShapeSpec) -> HiViT:
+    """HiViT alone (features ``scale2``-``scale5``), configured by ``MODEL.HIVIT``."""
+    return _hivit_from_cfg(cfg)
+
+
+@BACKBONE_REGISTRY.register()
+def build_hivit_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
+    """HiViT + detectron2's FPN (p2-p6), configured by ``MODEL.HIVIT`` and ``MODEL.FPN``."""
+    in_features: List[str] = list(cfg.MODEL.FPN.IN_FEATURES)
+    bottom_up = _hivit_from_cfg(cfg)
+    missing = [f for f in in_features if f not in bottom_up.output_shape()]
+    if missing:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which HiViT does not output; HiViT outputs "
+            f"{list(bottom_up.output_shape())} (set MODEL.FPN.IN_FEATURES = ['scale2', 'scale3', 'scale4', 'scale5'])"
+        )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=in_features,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        square_pad=cfg.MODEL.HIVIT.IMG_SIZE if cfg.MODEL.HIVIT.SQUARE_PAD else 0,
     )

@@ -1,10 +1,17 @@
 """Parameter groups with layer-wise learning-rate decay and weight-decay exemptions.
 
-Weight decay is switched off for normalisation layers (every ``torch.nn`` norm and detectron2's
-channels-first ``LayerNorm`` used by the FPN / SimpleFeaturePyramid / heads), optionally for biases,
-and for parameters whose local name is one of ``no_weight_decay_keys`` (by default the abs-win
-position embeddings ``window_embed`` / ``global_embed`` and the relative position tables
-``rel_pos_h`` / ``rel_pos_w``). Layer-wise lr decay uses :func:`hieradet.modeling.lr_decay.layer_decay_rate`.
+Two sets of rules, chosen by the configs:
+
+- HieraDet (Bolya et al. 2024, Tab. 16; the defaults): no weight decay on normalisation layers (every
+  ``torch.nn`` norm and detectron2's channels-first ``LayerNorm`` of the FPN / heads), biases, the abs-win
+  position embeddings ``window_embed`` / ``global_embed`` and the relpos tables ``rel_pos_h`` / ``rel_pos_w``.
+- ViTDet (Li et al. 2022), exactly as detectron2's ``get_default_optimizer_params`` applies it:
+  ``norm_types="torch"`` (only ``torch.nn`` norms are norms; detectron2's ``LayerNorm`` is decayed),
+  ``weight_decay_bias=None`` (biases decayed), ``no_weight_decay_keys=("window_embed", "global_embed")``
+  (ViTDet's ``pos_embed`` exemption, for B and L) and, for ViT-H, ``weight_decay_norm=None`` and no keys.
+
+Layer-wise lr decay uses :func:`hieradet.solver.lr_decay.layer_decay_rate` (the same layer ids as
+detectron2's ``get_vit_lr_decay_rate`` for a ViT).
 """
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -13,20 +20,31 @@ from detectron2.layers.batch_norm import LayerNorm as D2LayerNorm
 from detectron2.solver.build import reduce_param_groups
 from torch import nn
 
-from ..modeling.lr_decay import layer_decay_rate
+from .lr_decay import layer_decay_rate
 
-__all__ = ["NO_WEIGHT_DECAY_KEYS", "NORM_TYPES", "find_num_blocks", "get_optimizer_params"]
+__all__ = [
+    "NO_WEIGHT_DECAY_KEYS",
+    "NORM_TYPES",
+    "TORCH_NORM_TYPES",
+    "VITDET_NO_WEIGHT_DECAY_KEYS",
+    "find_num_blocks",
+    "get_optimizer_params",
+]
 
 NO_WEIGHT_DECAY_KEYS = ("window_embed", "global_embed", "rel_pos_h", "rel_pos_w")
+# our tiled embedding takes the place of ViTDet's ``pos_embed`` (exempt from weight decay in ViTDet-B/L)
+VITDET_NO_WEIGHT_DECAY_KEYS = ("window_embed", "global_embed")
 
-NORM_TYPES = (
+# the norm types detectron2's get_default_optimizer_params recognises
+TORCH_NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,
-    D2LayerNorm,
 )
+NORM_TYPES = TORCH_NORM_TYPES + (D2LayerNorm,)
+_NORM_TYPES = {"all": NORM_TYPES, "torch": TORCH_NORM_TYPES}
 
 
 def find_num_blocks(model: nn.Module) -> int:
@@ -50,8 +68,9 @@ def get_optimizer_params(
     model: nn.Module,
     base_lr: Optional[float] = None,
     weight_decay: Optional[float] = None,
-    weight_decay_norm: float = 0.0,
+    weight_decay_norm: Optional[float] = 0.0,
     weight_decay_bias: Optional[float] = 0.0,
+    norm_types: str = "all",
     no_weight_decay_keys: Sequence[str] = NO_WEIGHT_DECAY_KEYS,
     lr_decay_rate: float = 1.0,
     num_blocks: Optional[int] = None,
@@ -64,9 +83,12 @@ def get_optimizer_params(
         base_lr (float): learning rate the layer-decay factors multiply (required when
             ``lr_decay_rate != 1``); configs set it to ``"${..lr}"``.
         weight_decay (float): default weight decay (``None``: the optimizer's).
-        weight_decay_norm (float): weight decay of normalisation layers.
+        weight_decay_norm (float or None): weight decay of normalisation layers; ``None`` treats them
+            like weights (ViTDet-H).
         weight_decay_bias (float or None): weight decay of parameters named ``bias``; ``None`` treats
             biases like weights (detectron2's and ViTDet's behaviour).
+        norm_types (str): which modules are norms: ``"all"`` (``torch.nn`` norms and detectron2's
+            channels-first ``LayerNorm``) or ``"torch"`` (``torch.nn`` norms only, as detectron2 and ViTDet).
         no_weight_decay_keys (tuple[str]): local parameter names that get no weight decay.
         lr_decay_rate (float): layer-wise lr decay; 1.0 disables it.
         num_blocks (int or None): backbone depth for the decay; ``None`` reads the backbone's ``num_blocks``.
@@ -79,6 +101,9 @@ def get_optimizer_params(
             raise ValueError("layer-wise lr decay (lr_decay_rate != 1) needs base_lr")
         if num_blocks is None:
             num_blocks = find_num_blocks(model)
+    if norm_types not in _NORM_TYPES:
+        raise ValueError(f"norm_types must be one of {list(_NORM_TYPES)}, got {norm_types!r}")
+    norms = _NORM_TYPES[norm_types]
     overrides = dict(overrides or {})
     defaults: Dict[str, float] = {}
     if base_lr is not None:
@@ -94,7 +119,7 @@ def get_optimizer_params(
                 continue
             seen.add(value)
             hyper = dict(defaults)
-            if isinstance(module, NORM_TYPES):
+            if weight_decay_norm is not None and isinstance(module, norms):
                 hyper["weight_decay"] = weight_decay_norm
             if local_name == "bias" and weight_decay_bias is not None:
                 hyper["weight_decay"] = weight_decay_bias

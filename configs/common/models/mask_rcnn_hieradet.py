@@ -1,4 +1,4 @@
-"""Mask R-CNN with a HieraDet-B backbone + FPN (p2-p6), heads as in ViTDet (paper 001, Sec. 4.2).
+"""Mask R-CNN with a HieraDet-B backbone + FPN (p2-p6), heads as in ViTDet (Bolya et al. 2024, Sec. 4.2).
 
 detectron2's ``common/models/mask_rcnn_fpn.py`` with ``bottom_up`` = HieraDet (windows 8, 4, 14, 7,
 global blocks 12, 16, 20 with relpos, recursive abs-win position embedding), LayerNorm in the FPN and

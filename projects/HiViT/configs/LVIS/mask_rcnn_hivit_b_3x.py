@@ -9,3 +9,4 @@ from ..common.recipe import apply_recipe
 
 make_lvis(model, dataloader)
 lr_multiplier = apply_recipe("3x", model, optimizer, train, dataloader, images_per_epoch=LVIS_TRAIN_IMAGES)
+train.paper_target = "none (not in Zhang et al. 2023)"

@@ -7,7 +7,7 @@ drops after epochs 27 and 33 and lr 1e-4 (the authors' released 3x config). Line
 (MMDetection's default).
 """
 
-from hieradet.solver import COCO_TRAIN_IMAGES, epochs_to_iters, step_lr_multiplier
+from hieradet.solver import COCO_TRAIN_IMAGES, epoch_schedule, epochs_to_iters
 
 # epochs, lr, epochs after which the lr drops 10x
 SCHEDULES = {
@@ -24,7 +24,9 @@ def apply_recipe(schedule, model, optimizer, train, dataloader, images_per_epoch
     optimizer.lr = s["lr"]
     optimizer.weight_decay = 0.05
     optimizer.params.lr_decay_rate = 0.9
-    train.max_iter = epochs_to_iters(s["epochs"], images_per_epoch, dataloader.train.total_batch_size)
-    train.eval_period = epochs_to_iters(s["epochs"] / 4, images_per_epoch, dataloader.train.total_batch_size)
     fractions = tuple(d / s["epochs"] for d in s["drops"])
-    return step_lr_multiplier(train.max_iter, warmup_iters=500, fractions=fractions)
+    lr_multiplier = epoch_schedule(
+        train, dataloader, s["epochs"], images_per_epoch, warmup_iters=500, fractions=fractions
+    )  # sets train.max_iter and train.recipe
+    train.eval_period = epochs_to_iters(s["epochs"] / 4, images_per_epoch, dataloader.train.total_batch_size)
+    return lr_multiplier
