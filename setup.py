@@ -4,9 +4,41 @@
 torch, torchvision and detectron2 are not listed in install_requires on purpose: detectron2 has no
 PyPI release (tools/install.sh installs it, see README), and a torch pin here would fight the user's
 CUDA build. ``import hieradet`` checks for them and says how to install them.
+
+The recipes ship with the package, as detectron2 ships its model zoo: ``configs/`` and the HiViT project's
+``projects/HiViT/configs/`` are copied into ``hieradet/model_zoo/`` of the build, in the same relative layout, so the
+configs' relative imports (``from ..common.train import train``, ``from .....configs.common...``) still resolve
+there, and ``hieradet.model_zoo.get_config("COCO/mask_rcnn_hieradet_b_100ep.py")`` works after ``pip install .``.
 """
 
+import os
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# recipe folders (relative to the checkout) that go into the package hieradet.model_zoo
+ZOO_FOLDERS = ("configs", os.path.join("projects", "HiViT", "configs"))
+
+
+class BuildWithModelZoo(build_py):
+    """``build_py`` that also copies the recipe folders' ``.py`` files into ``hieradet/model_zoo/`` of the build."""
+
+    def run(self):
+        super().run()
+        zoo = os.path.join(self.build_lib, "hieradet", "model_zoo")
+        for folder in ZOO_FOLDERS:
+            src = os.path.join(HERE, folder)
+            if not os.path.isdir(src):
+                raise FileNotFoundError(f"{src} is missing: build hieradet from a complete checkout")
+            for dirpath, _, files in os.walk(src):
+                out = os.path.join(zoo, folder, os.path.relpath(dirpath, src))
+                for f in files:
+                    if f.endswith(".py"):
+                        os.makedirs(out, exist_ok=True)
+                        shutil.copyfile(os.path.join(dirpath, f), os.path.join(out, f))
+
 
 setup(
     name="hieradet",
@@ -14,6 +46,7 @@ setup(
     description="Detectron2 extension: hierarchical and plain ViT backbones with absolute-win position embeddings",
     python_requires=">=3.10",
     packages=find_packages(include=["hieradet", "hieradet.*"]),
+    cmdclass={"build_py": BuildWithModelZoo},
     install_requires=["fvcore", "iopath", "pycocotools", "omegaconf"],
     extras_require={"lvis": ["lvis"], "test": ["pytest", "timm", "hiera-transformer"]},
 )

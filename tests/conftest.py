@@ -1,13 +1,37 @@
-"""Shared fixtures: small generated datasets (COCO and LVIS v1 json) registered in detectron2.
+"""Shared fixtures.
 
-Each is generated once per test session in a temporary folder (about 0.5 s each): 16 train and 8 val images of
-128x128 pixels. Use ``ns.train_name`` / ``ns.val_name`` with ``DatasetCatalog`` / evaluators, or the files.
+* ``synthetic_coco`` / ``synthetic_lvis``: small generated datasets (COCO and LVIS v1 json) registered in
+  detectron2. Each is generated once per test session in a temporary folder (about 0.5 s each): 16 train and 8 val
+  images of 128x128 pixels. Use ``ns.train_name`` / ``ns.val_name`` with ``DatasetCatalog`` / evaluators, or the files.
+* ``load_tool``: loads a command-line script as a module, e.g. ``load_tool("benchmark").main([...])``.
 """
 
+import importlib.util
 import json
+import os
 import types
 
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool_module(name: str) -> types.ModuleType:
+    """``tools/<name>.py`` (or a repository-relative ``.py`` path) loaded as a fresh module named after the file."""
+    path = os.path.join(REPO, name) if name.endswith(".py") else os.path.join(REPO, "tools", f"{name}.py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tool script {path}")
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """A function loading a tool script as a module: ``load_tool("demo")`` (``tools/demo.py``) or
+    ``load_tool("projects/HiViT/tools/convert_hivit_checkpoint.py")``."""
+    return load_tool_module
 
 
 def _make(tmp_path_factory, fmt: str) -> types.SimpleNamespace:

@@ -1,27 +1,25 @@
-"""tools/benchmark.py and tools/analyze_model.py on tiny models and small images (CPU)."""
+"""hieradet.benchmark, tools/benchmark.py and tools/analyze_model.py on tiny models and small images (CPU)."""
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+import hieradet.benchmark as bench
+from hieradet.modeling import HIERA_SIZES, default_global_blocks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name):
-    sys.path.insert(0, TOOLS)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def cli(load_tool):
+    return load_tool("benchmark")
 
 
-bench = _load("benchmark")
-analyze = _load("analyze_model")
+@pytest.fixture(scope="module")
+def analyze(load_tool):
+    return load_tool("analyze_model")
 
 
 def _tiny_vit(ours: bool, relpos: bool):
@@ -65,7 +63,7 @@ def test_summarize_discards_the_first_quarter():
         bench.summarize([])
 
 
-def test_unknown_names_and_missing_files_are_named():
+def test_unknown_names_and_missing_files_are_named(cli):
     with pytest.raises(ValueError, match="unknown model 'hieradet-xl'"):
         bench.build_backbone("hieradet-xl")
     with pytest.raises(FileNotFoundError, match="nope.py"):
@@ -75,7 +73,25 @@ def test_unknown_names_and_missing_files_are_named():
     with pytest.raises(ValueError, match="SAM 2's trunk has no detection config"):
         bench.build("sam2-hiera-t", part="model", img_size=64)
     with pytest.raises(SystemExit):
-        bench.main(["hieradet-t", "--size", "0"])
+        cli.main(["hieradet-t", "--size", "0"])
+
+
+def test_presets_follow_the_size_tables():
+    assert {f"hieradet-{s.lower()}" for s in HIERA_SIZES} <= set(bench.PRESETS)
+    for size in ("T", "S", "B", "B+", "L"):
+        kw = bench.presets.sam2_hiera_kwargs(size)
+        for key in ("embed_dim", "num_heads", "stages"):
+            assert kw[key] == HIERA_SIZES[size][key]
+        assert kw["global_att_blocks"] == default_global_blocks(HIERA_SIZES[size]["stages"])
+    # SAM 2's own layouts: L's wider stage-3/4 windows, B+'s 14x14 background embedding, T/S/L 7x7
+    assert bench.presets.sam2_hiera_kwargs("L")["window_spec"] == (8, 4, 16, 8)
+    assert bench.presets.sam2_hiera_kwargs("T")["window_spec"] == (8, 4, 14, 7)
+    assert bench.presets.sam2_hiera_kwargs("B+")["window_pos_embed_bkg_spatial_size"] == (14, 14)
+    assert bench.presets.sam2_hiera_kwargs("S")["window_pos_embed_bkg_spatial_size"] == (7, 7)
+    assert bench.parse_preset("hieradet-b+") == ("hieradet", "B+")
+    assert bench.parse_preset("d2-vitdet-b-norelpos") == ("d2-vitdet-norelpos", "B")
+    with pytest.raises(ValueError, match="unknown model 'sam2-hiera-h'"):
+        bench.parse_preset("sam2-hiera-h")
 
 
 def test_named_baselines_are_the_published_recipes():
@@ -97,9 +113,9 @@ def test_named_baselines_are_the_published_recipes():
     assert n_ours == n_sam_wo_pos
 
 
-def test_alternating_inference_and_json(tmp_path):
+def test_alternating_inference_and_json(cli, tmp_path):
     out = tmp_path / "r.json"
-    res = bench.main(
+    res = cli.main(
         ["hieradet-t", "--compare", "sam2-hiera-t", "--size", "64", "--iters", "4", "--warmup", "1"]
         + ["--threads", "1", "--json", str(out), "--flops"]
     )
@@ -114,20 +130,20 @@ def test_alternating_inference_and_json(tmp_path):
     assert saved["models"][0]["median_ms"] == res["models"][0]["median_ms"]
     assert saved["settings"]["size"] == 64 and "machine" in saved and "date" in saved
     # the results page and the plot are generated from this file
-    table = bench.main(["report", str(out)])
+    table = cli.main(["report", str(out)])
     rows = table.splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["hieradet-t", "sam2-hiera-t"]
     assert f"{res['models'][0]['median_ms']:.0f}" == rows[0].split("|")[6].strip()
     assert rows[1].split("|")[9].strip() == f"{r:.2f}x"
     png = tmp_path / "p.png"
-    bench.main(["plot", str(out), "--out", str(png)])
+    cli.main(["plot", str(out), "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        bench.main(["report", str(bad)])
+        cli.main(["report", str(bad)])
     with pytest.raises(FileNotFoundError, match="missing.json"):
-        bench.main(["plot", str(tmp_path / "missing.json")])
+        cli.main(["plot", str(tmp_path / "missing.json")])
 
 
 def test_time_inference_alternates_models():
@@ -179,7 +195,7 @@ def test_sdpa_flops_equal_explicit_attention_flops():
     """Our SDPA attention counts exactly what detectron2's explicit matmuls count."""
     ours = bench.Benchmarked("ours", _tiny_vit(True, False), "backbone", 64)
     d2 = bench.Benchmarked("d2", _tiny_vit(False, False), "backbone", 64)
-    f_ours, f_d2 = analyze.count_flops(ours), analyze.count_flops(d2)
+    f_ours, f_d2 = bench.count_flops(ours), bench.count_flops(d2)
     assert f_ours["by_operator"]["scaled_dot_product_attention"] == f_d2["by_operator"]["matmul"]
     assert f_ours["total"] == pytest.approx(f_d2["total"], rel=1e-3)  # layer norms counted alike too
     # hand count of the attention: block 0 = 4 windows of 2x2 tokens, block 1 global over 4x4 tokens
@@ -188,7 +204,7 @@ def test_sdpa_flops_equal_explicit_attention_flops():
     assert f_ours["by_operator"]["scaled_dot_product_attention"] == expected
 
 
-def test_analyze_model_cli_params_and_flops(tmp_path):
+def test_analyze_model_cli_params_and_flops(analyze, tmp_path):
     out = tmp_path / "a.json"
     res = analyze.main(["hieradet-t", "--size", "64", "--json", str(out)])
     m = res["models"][0]
@@ -202,9 +218,10 @@ def test_matmul_peak_is_positive():
     assert bench.matmul_peak(n=128, iters=1) > 0
 
 
-def test_isolate_times_each_model_in_fresh_processes(tmp_path):
+@pytest.mark.slow  # four fresh processes, each importing torch and detectron2: ~100 s on a loaded 2-core machine
+def test_isolate_times_each_model_in_fresh_processes(cli, tmp_path):
     out = tmp_path / "iso.json"
-    res = bench.main(
+    res = cli.main(
         ["--size", "64", "hieradet-t", "--compare", "sam2-hiera-t", "--iters", "2", "--warmup", "0"]
         + ["--threads", "1", "--discard", "0.5", "--isolate", "--rounds", "2", "--json", str(out)]
     )
@@ -222,21 +239,24 @@ def test_isolate_times_each_model_in_fresh_processes(tmp_path):
     assert json.loads(out.read_text())["settings"]["isolate"] is True
 
 
-def test_isolate_child_options_carry_the_settings():
-    ns = bench.argparse.Namespace(
-        part="model", size=320, batch=2, dtype="bf16", device="cpu", iters=3, warmup=1, discard=0.5,
+def test_isolate_child_settings_carry_the_options(cli):
+    args = cli.get_parser().parse_args(
+        ["m", "--part=model", "--size=320", "--batch=2", "--dtype=bf16", "--iters=3", "--warmup=1", "--discard=0.5"]
+        + ["--threads=2", "--timer=cpu", "--seed=7", "--no-full-detections", "--opts", "model.x=1", "--json=x"]
+    )
+    settings = bench.child_settings(args)
+    assert settings == dict(
+        part="model", size=320, batch=2, dtype="bf16", device=args.device, iters=3, warmup=1, discard=0.5,
         threads=2, timer="cpu", seed=7, no_full_detections=True, opts=["model.x=1"],
     )  # fmt: skip
-    argv = bench.child_argv(ns)
-    assert argv[-2:] == ["--opts", "model.x=1"] and "--no-full-detections" in argv
-    assert {"--part=model", "--size=320", "--batch=2", "--dtype=bf16", "--timer=cpu", "--seed=7"} <= set(argv)
+    assert json.loads(json.dumps(settings)) == settings  # passed to the child process as JSON
     with pytest.raises(SystemExit):
-        bench.main(["hieradet-t", "--isolate", "--train"])
+        cli.main(["hieradet-t", "--isolate", "--train"])
 
 
 def test_results_page_quotes_the_saved_runs():
     """Every median in the results page's target table is the one saved in docs/benchmarks/<run>.json."""
-    root = os.path.dirname(TOOLS)
+    root = ROOT
     page = open(os.path.join(root, "docs", "benchmarks.md")).read().splitlines()
     runs = sorted(f for f in os.listdir(os.path.join(root, "docs", "benchmarks")) if f.endswith(".json"))
     assert runs, "docs/benchmarks/ has no saved runs"
@@ -249,3 +269,54 @@ def test_results_page_quotes_the_saved_runs():
             cells = [c.strip() for c in rows[0].split("|")]
             assert cells[4] == f"{m['median_ms']:.0f}" and cells[5] == f"{m['p25_ms']:.0f}-{m['p75_ms']:.0f}"
             assert cells[8] == f"{m['achieved_gflops']:.0f}"
+
+
+TINY_CONFIG = """
+from hieradet.testing import tiny_mask_rcnn
+
+model = tiny_mask_rcnn("{backbone}", num_classes=3, img_size=64)
+"""
+
+
+@pytest.mark.parametrize("backbone", ["hieradet", "vit"])
+def test_training_a_whole_detector_runs_in_an_event_storage(cli, tmp_path, backbone):
+    """`--part model --train` ran the RPN outside an EventStorage and crashed; each step now runs inside one."""
+    cfg = tmp_path / f"tiny_{backbone}.py"
+    cfg.write_text(TINY_CONFIG.format(backbone=backbone))
+    out = tmp_path / "train.json"
+    res = cli.main(
+        [str(cfg), "--part", "model", "--train", "--size", "64", "--iters", "2", "--warmup", "1", "--discard", "0"]
+        + ["--threads", "1", "--json", str(out)]
+    )
+    (m,) = res["models"]
+    assert m["name"] == str(cfg) and m["iter"]["n"] == 2 and m["it_per_s"] > 0 and m["peak_mem_mb"] >= 0
+    assert json.loads(out.read_text())["settings"]["train"] is True
+
+
+def test_training_steps_log_to_the_event_storage():
+    from detectron2.config import instantiate
+
+    from hieradet.testing import tiny_mask_rcnn
+
+    model = bench.Benchmarked("tiny", instantiate(tiny_mask_rcnn("hieradet", num_classes=3, img_size=64)), "model", 64)
+    r = bench.time_training(model, batch=2, iters=2, warmup=1)
+    assert len(r["times"]) == 2 and all(t > 0 for t in r["times"])
+    assert not model.module.training  # back in eval mode
+    with pytest.raises(ValueError, match="iters"):
+        bench.time_training(model, iters=0)
+
+
+def test_training_a_preset_detector(cli):
+    res = cli.main(["hieradet-t", "--part", "model", "--train", "--size", "64", "--iters", "1", "--warmup", "0"])
+    assert res["models"][0]["name"] == "hieradet-t" and res["models"][0]["it_per_s"] > 0
+
+
+def test_model_zoo_names_and_the_config_hook():
+    tiny = ["model.backbone.bottom_up.embed_dim=16", "model.backbone.bottom_up.stages=[1,1,2,1]"]
+    tiny += ["model.backbone.bottom_up.global_blocks=[3]"]
+    m = bench.build("COCO/mask_rcnn_hieradet_t_100ep.py", part="backbone", opts=tiny)
+    assert type(m.module).__name__ == "HieraDet" and len(m.module.blocks) == 5
+    cfg = bench.load_config("COCO/mask_rcnn_hieradet_t_100ep.py", tiny)
+    assert cfg.model.backbone.bottom_up.embed_dim == 16
+    with pytest.raises(FileNotFoundError, match="neither a file nor a model-zoo name"):
+        bench.load_config("COCO/no_such_config.py")

@@ -1,6 +1,5 @@
 """The demo (tools/demo_train.py): its outputs, and (slow) that a shortened run really learns."""
 
-import importlib.util
 import json
 import os
 
@@ -16,18 +15,11 @@ MIN_BOX_AP = 4.5  # measured 9.0
 MIN_MASK_AP = 2.8  # measured 5.6
 
 
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("demo_train", os.path.join(ROOT, "tools", "demo_train.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_demo_writes_metrics_loss_curve_and_predictions(tmp_path):
+def test_demo_writes_metrics_loss_curve_and_predictions(load_tool, tmp_path):
     """A 2-iteration run on a tiny dataset: every output is written and well-formed."""
     from PIL import Image
 
-    demo = _demo_module()
+    demo = load_tool("demo_train")
     out = tmp_path / "demo"
     fast = ["train.log_period=1", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
     metrics = demo.run_demo(str(out), num_train=4, num_val=2, image_size=64, max_iter=2, num_vis=2, overrides=fast)
@@ -48,8 +40,8 @@ def test_demo_writes_metrics_loss_curve_and_predictions(tmp_path):
     assert stamp.stat().st_mtime_ns == mtime
 
 
-def test_demo_cli_rejects_bad_arguments(capsys):
-    demo = _demo_module()
+def test_demo_cli_rejects_bad_arguments(load_tool, capsys):
+    demo = load_tool("demo_train")
     with pytest.raises(SystemExit):
         demo.main(["--image-size", "100"])
     assert "multiple of 32" in capsys.readouterr().err
@@ -58,7 +50,7 @@ def test_demo_cli_rejects_bad_arguments(capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_demo_dataset_options_make_an_easy_task(tmp_path):
+def test_demo_dataset_options_make_an_easy_task(load_tool, tmp_path):
     """The generator's "easy" knobs the demo uses: solid single-colour objects whose hue follows the category,
     sizes within ``size_range``; bad knob values are rejected with a message naming them."""
     import numpy as np
@@ -67,7 +59,7 @@ def test_demo_dataset_options_make_an_easy_task(tmp_path):
 
     from hieradet.data import generate_synthetic_dataset
 
-    demo = _demo_module()
+    demo = load_tool("demo_train")
     paths = generate_synthetic_dataset(str(tmp_path / "easy"), num_train=12, num_val=2, image_size=128,
                                        background_noise=0.0, **demo.DATA_OPTIONS)  # fmt: skip
     coco = COCO(paths["train"])
@@ -91,14 +83,14 @@ def test_demo_dataset_options_make_an_easy_task(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_learns(tmp_path):
+def test_demo_learns(load_tool, tmp_path):
     """A shortened demo (SHORT_ITERS of the demo's 84 iterations, SHORT_NUM_VAL val images) must learn.
 
     Measured (this exact call, `pytest -m slow tests/test_demo.py -k learns`, 2 CPU cores, load ~1.6): box AP 9.0,
     mask AP 5.6 in 3 min 18 s (the full demo: box AP 9.6, mask AP 13.7); an untrained model gets about 0 (box AP
     0.3 after 6 iterations). The thresholds are half of the measured APs, leaving room for run-to-run noise.
     """
-    demo = _demo_module()
+    demo = load_tool("demo_train")
     metrics = demo.run_demo(str(tmp_path / "demo"), num_val=SHORT_NUM_VAL, max_iter=SHORT_ITERS, num_vis=1)
     print("shortened demo:", metrics["bbox"]["AP"], metrics["segm"]["AP"], metrics["wall_time_s"])
     assert metrics["bbox"]["AP"] >= MIN_BOX_AP, metrics["bbox"]

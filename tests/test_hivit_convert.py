@@ -7,7 +7,6 @@ layout, (B, N, 4, 4, C) tokens (N = 16 px patches, 4x4 stride-4 positions inside
 the main stage, so it checks our BHWC re-arrangement, the merge order and the position-embedding grid.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -269,13 +268,6 @@ def test_errors_name_the_cause(tmp_path):
         official_hivit_to_hivit(holey)
 
 
-def _load_tool(*parts):
-    spec = importlib.util.spec_from_file_location(parts[-1][:-3], ROOT.joinpath(*parts))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _detector(**kw):
     """A module holding a HiViT where the project's detectors have it (``backbone.bottom_up``)."""
     detector = nn.Module()
@@ -300,11 +292,11 @@ def test_format_is_detected():
     assert "blocks.6.attn.q_norm.weight" in convert_state_dict(odd, strict=False).dropped
 
 
-def test_main_tool_converts_official_hivit_and_the_checkpointer_loads_it(tmp_path, capsys):
+def test_main_tool_converts_official_hivit_and_the_checkpointer_loads_it(load_tool, tmp_path, capsys):
     sd = _official_state_dict(rpe=True, seed=3)
     src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
     torch.save({"model": sd}, src)
-    assert _load_tool("tools", "convert_checkpoint.py")([str(src), str(dst)]) == 0
+    assert load_tool("convert_checkpoint").main([str(src), str(dst)]) == 0
     out = capsys.readouterr().out
     assert "source format : hivit (official HiViT (zhangxiaosong18/hivit))" in out
     assert "target        : HiViT-custom with keys under 'backbone.bottom_up.'" in out
@@ -328,10 +320,10 @@ def test_main_tool_converts_official_hivit_and_the_checkpointer_loads_it(tmp_pat
     assert sorted(load_backbone_checkpoint(bare, str(dst))) == ["blocks.2.attn.rel_pos_h", "blocks.2.attn.rel_pos_w"]
 
 
-def test_checkpointer_refuses_a_hivit_of_another_size(tmp_path, capsys):
+def test_checkpointer_refuses_a_hivit_of_another_size(load_tool, tmp_path, capsys):
     src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
     torch.save(_official_state_dict(rpe=False), src)
-    assert _load_tool("tools", "convert_checkpoint.py")([str(src), str(dst), "--num-heads", str(HEADS)]) == 0
+    assert load_tool("convert_checkpoint").main([str(src), str(dst), "--num-heads", str(HEADS)]) == 0
 
     wider = _detector(embed_dim=128, num_heads=4)
     before = wider.backbone.bottom_up.patch_embed.proj.weight.clone()
@@ -359,16 +351,16 @@ def test_checkpointer_refuses_a_hivit_of_another_size(tmp_path, capsys):
     assert "model.backbone.bottom_up.pretrain_img_size=224" in str(e.value)
 
     # the tool refuses to convert another size than requested
-    assert _load_tool("tools", "convert_checkpoint.py")([str(src), str(tmp_path / "x.pth"), "--expect-size", "B"]) == 1
+    assert load_tool("convert_checkpoint").main([str(src), str(tmp_path / "x.pth"), "--expect-size", "B"]) == 1
     err = capsys.readouterr().err
     assert "size mismatch: the checkpoint is HiViT-custom (embed_dim=64, depths=(1, 1, 3)), not HiViT-B" in err
     assert not (tmp_path / "x.pth").exists()
 
 
-def test_project_tool_wraps_the_main_tool_and_loads_into_the_projects_mask_rcnn(tmp_path, capsys):
+def test_project_tool_wraps_the_main_tool_and_loads_into_the_projects_mask_rcnn(load_tool, tmp_path, capsys):
     from detectron2.config import LazyConfig, instantiate
 
-    cli = _load_tool("projects", "HiViT", "tools", "convert_hivit_checkpoint.py")
+    cli = load_tool("projects/HiViT/tools/convert_hivit_checkpoint.py").main
     sd = _official_state_dict(rpe=True, seed=2)
     src, dst = tmp_path / "hivit_official.pth", tmp_path / "hivit_converted.pth"
     torch.save({"model": sd}, src)

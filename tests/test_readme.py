@@ -31,12 +31,6 @@ def test_backbone_snippet_builds_a_working_mask_rcnn(name):
     assert inst.has("pred_masks") and inst.has("pred_boxes")
 
 
-def test_readme_is_assembled_from_its_sections():
+def test_readme_is_assembled_from_its_sections(load_tool):
     """README.md is generated from docs/readme/ (python tools/build_readme.py); the two must not drift apart."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "build_readme.py"
-    spec = importlib.util.spec_from_file_location("build_readme", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert README.read_text() == mod.build(strict=True)
+    assert README.read_text() == load_tool("build_readme").build(strict=True)

@@ -1,7 +1,6 @@
 """tools/lazyconfig_train_net.py end to end on generated COCO-format data: train a few iterations,
 write checkpoints, resume, evaluate; and its error for a missing dataset."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,13 +26,6 @@ model, dataloader, optimizer, lr_multiplier, train = (
 """
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("lazyconfig_train_net", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def coco_rle(tmp_path_factory):
     from hieradet.data import generate_synthetic_dataset
@@ -53,8 +45,8 @@ def _iterations(metrics_json: Path):
     return its
 
 
-def test_train_resume_and_evaluate(coco_rle, tmp_path):
-    tool = _tool()
+def test_train_resume_and_evaluate(load_tool, coco_rle, tmp_path):
+    tool = load_tool("lazyconfig_train_net")
     cfg_file = tmp_path / "tiny_mask_rcnn_hieradet.py"
     cfg_file.write_text(TINY_CONFIG.format(base=str(ROOT / "configs/COCO/mask_rcnn_hieradet_b_100ep.py")))
     out = tmp_path / "out"
@@ -106,8 +98,8 @@ def test_train_resume_and_evaluate(coco_rle, tmp_path):
         assert res3[task]["AP50"] == pytest.approx(res2[task]["AP50"], nan_ok=True)
 
 
-def test_eval_only_without_weights_is_an_error(coco_rle, tmp_path):
-    tool = _tool()
+def test_eval_only_without_weights_is_an_error(load_tool, coco_rle, tmp_path):
+    tool = load_tool("lazyconfig_train_net")
     args = tool.build_parser().parse_args(
         [
             "--config-file",
@@ -120,8 +112,8 @@ def test_eval_only_without_weights_is_an_error(coco_rle, tmp_path):
         tool.main(args)
 
 
-def test_missing_config_file_is_an_error(tmp_path):
-    tool = _tool()
+def test_missing_config_file_is_an_error(load_tool, tmp_path):
+    tool = load_tool("lazyconfig_train_net")
     args = tool.build_parser().parse_args(["--config-file", str(tmp_path / "nope.py")])
     with pytest.raises(FileNotFoundError, match="nope.py"):
         tool.main(args)

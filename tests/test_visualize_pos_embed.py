@@ -1,4 +1,5 @@
-"""tools/visualize_pos_embed.py: the window-similarity measure (paper Fig. 4) and the pictures."""
+"""hieradet.analysis and tools/visualize_pos_embed.py: the window-similarity measure (Bolya et al. 2024, Fig. 4)
+and the pictures."""
 
 import json
 import os
@@ -6,8 +7,9 @@ import os
 import pytest
 import torch
 from PIL import Image
-from test_tools_demo import MODEL_CONFIG, load_tool
 
+from hieradet import analysis
+from hieradet.analysis import pos_embed as lib
 from hieradet.modeling import HieraDet
 from hieradet.modeling.pos_embed import AbsWinPosEmbed
 from hieradet.modeling.vit import ViT
@@ -19,46 +21,60 @@ TINY = [
 ]
 
 
+MODEL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs/common/models/mask_rcnn_hieradet.py")
+
+
 @pytest.fixture(scope="module")
-def tool():
+def tool(load_tool):
     return load_tool("visualize_pos_embed")
 
 
-def test_window_similarity_hand_cases(tool):
+def test_window_similarity_hand_cases():
     a = torch.randn(3, 4, 4)
-    assert tool.window_similarity(a.tile(1, 2, 3), 4) == pytest.approx(1.0, abs=1e-12)
-    assert tool.window_similarity(torch.cat([a, -a], dim=2), 4) == pytest.approx(-1.0, abs=1e-12)
+    assert lib.window_similarity(a.tile(1, 2, 3), 4) == pytest.approx(1.0, abs=1e-12)
+    assert lib.window_similarity(torch.cat([a, -a], dim=2), 4) == pytest.approx(-1.0, abs=1e-12)
     # two orthogonal windows -> 0; with a third equal to the first: mean of (0, 1, 0) = 1/3
     e0, e1 = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
     e0[0, 0, 0], e1[0, 1, 1] = 1.0, 2.0
-    assert tool.window_similarity(torch.cat([e0, e1], dim=2), 2) == pytest.approx(0.0)
-    assert tool.window_similarity(torch.cat([e0, e1, e0], dim=2)[None], 2) == pytest.approx(1 / 3)
+    assert lib.window_similarity(torch.cat([e0, e1], dim=2), 2) == pytest.approx(0.0)
+    assert lib.window_similarity(torch.cat([e0, e1, e0], dim=2)[None], 2) == pytest.approx(1 / 3)
     # partial windows at the edges are ignored
-    assert tool.window_similarity(a.tile(1, 2, 3)[:, :7, :10], 4) == pytest.approx(1.0, abs=1e-12)
+    assert lib.window_similarity(a.tile(1, 2, 3)[:, :7, :10], 4) == pytest.approx(1.0, abs=1e-12)
     with pytest.raises(ValueError, match="need at least 2"):
-        tool.window_similarity(a, 4)
+        lib.window_similarity(a, 4)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
-        tool.window_similarity(torch.zeros(4, 4), 2)
+        lib.window_similarity(torch.zeros(4, 4), 2)
 
 
 @pytest.mark.parametrize("img_size", [448, 512, 1024])
-def test_recursive_abswin_similarity_is_one_and_interpolation_is_not(tool, img_size):
+def test_recursive_abswin_similarity_is_one_and_interpolation_is_not(img_size):
     torch.manual_seed(0)
     pe = AbsWinPosEmbed(8, pretrain_size=56, window_size=8, global_size=7, mode="abswin")
-    src = tool.EmbedSource(pe, stride=4, name="test")
-    emb = tool.full_embeddings(src, img_size)
+    src = lib.EmbedSource(pe, stride=4, name="test")
+    emb = lib.full_embeddings(src, img_size)
     assert set(emb) == {"abswin", "abswin_single", "interpolate"}
     assert emb["abswin"].shape == (1, 8, img_size // 4, img_size // 4)
-    assert tool.window_similarity(emb["abswin"], 56) == pytest.approx(1.0, abs=1e-9)
-    assert tool.window_similarity(emb["interpolate"], 56) < 0.9
-    assert tool.window_similarity(emb["abswin_single"], 56) < 0.9
+    assert lib.window_similarity(emb["abswin"], 56) == pytest.approx(1.0, abs=1e-9)
+    assert lib.window_similarity(emb["interpolate"], 56) < 0.9
+    assert lib.window_similarity(emb["abswin_single"], 56) < 0.9
     assert pe.mode == "abswin"  # restored
 
 
-def test_similarity_table(tool):
+def test_embed_in_mode_equals_a_module_built_in_that_mode_and_leaves_the_module_alone():
     torch.manual_seed(0)
-    src = tool.EmbedSource(AbsWinPosEmbed(8, 56, 8, 7), 4, "t")
-    rows = tool.similarity_table(src, [224, 448])
+    pe = AbsWinPosEmbed(8, pretrain_size=56, window_size=8, global_size=7, mode="abswin")
+    for mode in analysis.MODES:
+        other = AbsWinPosEmbed(8, pretrain_size=56, window_size=8, global_size=7, mode=mode)
+        other.load_state_dict(pe.state_dict())
+        got = analysis.embed_in_mode(pe, (100, 76), mode)
+        torch.testing.assert_close(got, other((100, 76)).permute(0, 3, 1, 2))
+        assert pe.mode == "abswin"
+
+
+def test_similarity_table():
+    torch.manual_seed(0)
+    src = lib.EmbedSource(AbsWinPosEmbed(8, 56, 8, 7), 4, "t")
+    rows = lib.similarity_table(src, [224, 448])
     by = {(r["img_size"], r["method"]): r for r in rows}
     assert by[(224, "abswin")]["tile_56"] is None  # a single 56x56 window at 224 px
     # at the pretraining size every method gives the same embedding
@@ -99,7 +115,7 @@ def test_from_checkpoint_infers_the_embedding(tool, tmp_path):
     state = {f"backbone.bottom_up.{k}": v for k, v in net.state_dict().items()}
     path = tmp_path / "model_final.pth"
     torch.save({"model": state, "iteration": 10}, path)
-    src = tool.embed_from_checkpoint(str(path))
+    src = lib.embed_from_checkpoint(str(path))
     assert src.stride == 4 and src.tile == 56 and src.window == 8
     for hw in [(56, 56), (100, 76)]:
         torch.testing.assert_close(src.pos_embed(hw), net.pos_embed(hw))
@@ -107,7 +123,7 @@ def test_from_checkpoint_infers_the_embedding(tool, tmp_path):
     torch.manual_seed(0)
     vit = ViT(embed_dim=32, depth=2, num_heads=2, global_blocks=(1,), img_size=224)
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
-    vsrc = tool.embed_from_checkpoint(str(tmp_path / "vit.pth"))
+    vsrc = lib.embed_from_checkpoint(str(tmp_path / "vit.pth"))
     assert vsrc.stride == 16 and vsrc.tile == 14 and vsrc.pos_embed.global_embed is None
     torch.testing.assert_close(vsrc.pos_embed((28, 42)), vit.pos_embed((28, 42)))
     res = tool.main(["--checkpoint", str(tmp_path / "vit.pth"), "--img-size", "448", "--output", str(tmp_path / "v")])
@@ -116,17 +132,17 @@ def test_from_checkpoint_infers_the_embedding(tool, tmp_path):
     ]
 
 
-def test_config_plus_checkpoint_loads_the_weights(tool, tmp_path):
+def test_config_plus_checkpoint_loads_the_weights(tmp_path):
     net = _tiny_hieradet()
     torch.save({"model": {f"backbone.bottom_up.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth")
-    src = tool.embed_from_config(MODEL_CONFIG, TINY, str(tmp_path / "w.pth"))
+    src = lib.embed_from_config(MODEL_CONFIG, TINY, str(tmp_path / "w.pth"))
     torch.testing.assert_close(src.pos_embed.window_embed, net.pos_embed.window_embed)
     torch.testing.assert_close(src.pos_embed.global_embed, net.pos_embed.global_embed)
     # the config's model is 16 wide: a 32-wide checkpoint does not fit
     wide = HieraDet(embed_dim=32, num_heads=1, stages=(1, 1, 2, 1), global_blocks=(3,), img_size=128)
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
     with pytest.raises(ValueError, match=r"window_embed has shape \(1, 32, 8, 8\).*expects \(1, 16, 8, 8\)"):
-        tool.embed_from_config(MODEL_CONFIG, TINY, str(tmp_path / "wide.pth"))
+        lib.embed_from_config(MODEL_CONFIG, TINY, str(tmp_path / "wide.pth"))
 
 
 def test_bad_inputs_are_named(tool, tmp_path):
@@ -136,7 +152,7 @@ def test_bad_inputs_are_named(tool, tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"\x00\x01 not a checkpoint")
     with pytest.raises(SystemExit, match=r"cannot read checkpoint .*corrupt\.pth"):
         tool.main(["--checkpoint", str(tmp_path / "corrupt.pth"), "--output", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="checkpoint not found"):
+    with pytest.raises(SystemExit, match="checkpoint file not found"):
         tool.main(["--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="give --config-file, --checkpoint"):
         tool.main(["--output", str(tmp_path / "o")])

@@ -1,9 +1,10 @@
 """Training and evaluation loop for the LazyConfigs in ``configs/`` (used by
 ``tools/lazyconfig_train_net.py`` and the demo)."""
 
+from hieradet.testing import make_tiny
+
 from .datasets import check_datasets, config_dataset_names, register_json_dataset
 from .fed_loss import FedLossClassWeights
-from .tiny import make_tiny
 from .train_loop import do_test, do_train
 
 __all__ = [

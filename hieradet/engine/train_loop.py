@@ -29,9 +29,9 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from hieradet.checkpoint import HieraDetCheckpointer
+from hieradet.engine.box_only import auto_box_only
+from hieradet.engine.guards import install_input_guard
 from hieradet.solver.recipes import apply_total_batch_size
-from hieradet.utils.box_only import auto_box_only
-from hieradet.utils.guards import install_input_guard
 from hieradet.utils.resume import DeterministicResumeHook, find_sampler
 
 from .datasets import check_datasets, config_dataset_names

@@ -1,4 +1,5 @@
-"""Reliability helpers: input guards, a box-only switch, exactly resumable training, tiny test configs.
+"""Old import paths, kept working: the input guards and the box-only switch now live in :mod:`hieradet.engine`
+(``engine.guards``, ``engine.box_only``), the tiny test configs in :mod:`hieradet.testing`.
 
 Nothing here is imported by ``hieradet`` itself; import the submodules you need.
 """

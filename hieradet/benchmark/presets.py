@@ -1,0 +1,148 @@
+"""Named models of the benchmark: our backbones, detectron2's ViTDet and SAM 2's Hiera trunk.
+
+Every preset is derived from the project's size tables (:data:`hieradet.modeling.HIERA_SIZES`,
+:data:`hieradet.modeling.VIT_SIZES`) and :func:`hieradet.modeling.default_global_blocks`:
+
+* ``hieradet-{t,s,b,b+,l,h}``: :class:`hieradet.modeling.HieraDet` (``hieradet_kwargs``), relpos on the global blocks;
+* ``vitdet-{b,l,h}``: our fixed ViTDet (``vit_kwargs``: abs-win embedding, relpos on the global blocks);
+* ``d2-vitdet-{b,l,h}``: detectron2's own ``detectron2.modeling.ViT`` with its published ViTDet recipe (relpos in
+  every block, window 14, interpolated embedding); ``d2-vitdet-b-norelpos``: the same without relpos;
+* ``sam2-hiera-{t,s,b,b+,l}``: SAM 2's ``Hiera`` trunk of the same sizes (windows 8, 4, 14, 7, L 8, 4, 16, 8; the
+  same global blocks; no relpos; background embedding 7x7 as released, 14x14 for B+ and for B, which SAM 2 did
+  not release, SAM 2's default).
+"""
+
+from typing import Tuple
+
+from torch import nn
+
+__all__ = [
+    "PRESETS",
+    "parse_preset",
+    "build_backbone",
+    "model_config",
+    "d2_vit_kwargs",
+    "sam2_hiera_kwargs",
+]
+
+_HIERA = {"t": "T", "s": "S", "b": "B", "b+": "B+", "l": "L", "h": "H"}
+_VIT = {"b": "B", "l": "L", "h": "H"}
+_SAM2 = ("t", "s", "b", "b+", "l")  # SAM 2 has no H trunk
+
+PRESETS = (
+    [f"hieradet-{s}" for s in _HIERA]
+    + [f"vitdet-{s}" for s in _VIT]
+    + [f"d2-vitdet-{s}" for s in _VIT]
+    + ["d2-vitdet-b-norelpos"]
+    + [f"sam2-hiera-{s}" for s in _SAM2]
+)
+
+
+def sam2_hiera_kwargs(size: str) -> dict:
+    """Constructor arguments of SAM 2's ``Hiera`` trunk for Hiera size ``size`` (``"T"`` ... ``"L"``)."""
+    from hieradet.modeling import HIERA_SIZES, default_global_blocks
+
+    if size not in HIERA_SIZES or size == "H":
+        raise ValueError(f"SAM 2 has no Hiera-{size} trunk; choose from {[s.upper() for s in _SAM2]}")
+    p = HIERA_SIZES[size]
+    return dict(
+        embed_dim=p["embed_dim"],
+        num_heads=p["num_heads"],
+        stages=p["stages"],
+        global_att_blocks=default_global_blocks(p["stages"]),
+        window_spec=(8, 4, 16, 8) if size == "L" else (8, 4, 14, 7),
+        window_pos_embed_bkg_spatial_size=(14, 14) if size in ("B", "B+") else (7, 7),
+    )
+
+
+def d2_vit_kwargs(size: str, img_size: int, use_rel_pos: bool = True) -> dict:
+    """Constructor arguments of detectron2's ``ViT`` in the published ViTDet recipe, ViT size ``size``."""
+    from hieradet.modeling import VIT_SIZES
+
+    p = VIT_SIZES[size]
+    return dict(
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=p["embed_dim"],
+        depth=p["depth"],
+        num_heads=p["num_heads"],
+        drop_path_rate=p["drop_path_rate"],
+        window_size=14,
+        mlp_ratio=4,
+        qkv_bias=True,
+        window_block_indexes=[i for i in range(p["depth"]) if i not in p["global_blocks"]],
+        residual_block_indexes=[],
+        use_rel_pos=use_rel_pos,
+        out_feature="last_feat",
+    )
+
+
+def parse_preset(name: str) -> Tuple[str, str]:
+    """``(family, size)`` of a preset name, e.g. ``("hieradet", "B+")``; ``ValueError`` naming the presets."""
+    name = name.lower()
+    for prefix, table in (("hieradet-", _HIERA), ("vitdet-", _VIT), ("sam2-hiera-", dict(zip(_SAM2, _SAM2)))):
+        if name.startswith(prefix) and name[len(prefix) :] in table:
+            return prefix[:-1], table[name[len(prefix) :]].upper()
+    if name.startswith("d2-vitdet-"):
+        rest = name[len("d2-vitdet-") :]
+        if rest in _VIT:
+            return "d2-vitdet", _VIT[rest]
+        if rest == "b-norelpos":
+            return "d2-vitdet-norelpos", "B"
+    raise ValueError(f"unknown model {name!r}: not a .py LazyConfig file and not a preset ({', '.join(PRESETS)})")
+
+
+def build_backbone(name: str, img_size: int = 1024) -> nn.Module:
+    """The bottom-up network of preset ``name`` (random init), sized for ``img_size`` images."""
+    family, size = parse_preset(name)
+    if family == "hieradet":
+        from hieradet.modeling import HieraDet, hieradet_kwargs
+
+        return HieraDet(**hieradet_kwargs(size, img_size=img_size))
+    if family == "vitdet":
+        from hieradet.modeling import ViT, vit_kwargs
+
+        return ViT(**vit_kwargs(size, img_size=img_size))
+    if family.startswith("d2-vitdet"):
+        from detectron2.modeling import ViT as D2ViT
+
+        return D2ViT(**d2_vit_kwargs(size, img_size, use_rel_pos=family == "d2-vitdet"))
+    try:
+        from sam2.modeling.backbones.hieradet import Hiera
+    except ImportError as e:
+        raise ImportError(f"{name} needs the `sam2` package (pip install sam2==1.1.0 --no-deps)") from e
+    return Hiera(**sam2_hiera_kwargs(size))
+
+
+def _our_model(file: str):
+    from detectron2.config import LazyConfig
+
+    from hieradet.model_zoo import get_config_file
+
+    return LazyConfig.load(get_config_file(f"common/models/{file}")).model
+
+
+def model_config(name: str, img_size: int):
+    """LazyConfig ``model`` of a whole Mask R-CNN for preset ``name``: ours from
+    ``configs/common/models/mask_rcnn_{hieradet,vitdet}.py``, ``d2-vitdet-*`` from detectron2's own
+    ``common/models/mask_rcnn_vitdet.py``."""
+    family, size = parse_preset(name)
+    if family == "hieradet":
+        from hieradet.modeling import hieradet_kwargs
+
+        model = _our_model("mask_rcnn_hieradet.py")
+        model.backbone.bottom_up.update(hieradet_kwargs(size, img_size=img_size))
+    elif family == "vitdet":
+        from hieradet.modeling import vit_kwargs
+
+        model = _our_model("mask_rcnn_vitdet.py")
+        model.backbone.net.update(vit_kwargs(size, img_size=img_size))
+    elif family.startswith("d2-vitdet"):
+        from detectron2 import model_zoo
+
+        model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
+        model.backbone.net.update(d2_vit_kwargs(size, img_size, use_rel_pos=family == "d2-vitdet"))
+    else:
+        raise ValueError(f"{name}: SAM 2's trunk has no detection config; use it with --part backbone")
+    model.backbone.square_pad = img_size
+    return model
