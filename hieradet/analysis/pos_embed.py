@@ -38,18 +38,9 @@ MODE_LABELS = {"abswin": "abs-win (recursive)", "abswin_single": "abs-win (one l
 
 @torch.no_grad()
 def embed_in_mode(pos_embed, hw: Tuple[int, int], mode: str) -> torch.Tensor:
-    """The (1, C, h, w) embedding ``pos_embed`` builds for an ``hw`` feature map by method ``mode``; the module is
-    left in its own mode.
-
-    The one place that asks an ``AbsWinPosEmbed`` for another mode's embedding: it sets ``mode`` for the call and
-    restores it (to be replaced by a non-mutating ``AbsWinPosEmbed`` call once the module has one).
-    """
-    old = pos_embed.mode
-    pos_embed.mode = mode
-    try:
-        return pos_embed(hw).permute(0, 3, 1, 2)
-    finally:
-        pos_embed.mode = old
+    """The (1, C, h, w) embedding ``pos_embed`` builds for an ``hw`` feature map by method ``mode``
+    (:meth:`~hieradet.modeling.pos_embed.AbsWinPosEmbed.embed`; the module keeps its own mode)."""
+    return pos_embed.embed(hw, mode=mode)
 
 
 def window_similarity(embed: torch.Tensor, window: int) -> float:
