@@ -42,6 +42,8 @@ class COCOEvaluator(_D2COCOEvaluator):
         **kwargs,
     ):
         self._backend = check_backend(backend, COCO_BACKENDS, "COCO")
+        if backend == "faster":  # detectron2's own C++ COCOeval is not used (nor its "not built" notice)
+            kwargs.setdefault("use_fast_impl", False)
         super().__init__(dataset_name, tasks, distributed, output_dir, max_dets_per_image=max_dets_per_image, **kwargs)
         self._faster_gt = None  # loaded at the first evaluation, then reused
 

@@ -13,6 +13,7 @@ images or annotations, raise ``ValueError`` naming the cause instead of scoring 
 """
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -57,7 +58,8 @@ def load_faster_gt(gt: Union[str, os.PathLike, dict]):
             "it), or choose a reference backend: evaluator backend='pycocotools' (COCO) / 'lvis' (LVIS)"
         ) from e
     if isinstance(gt, dict):
-        return COCO(gt, use_deepcopy=True)
+        # copied here, once: COCO(use_deepcopy=True) would also deep-copy every results list given to loadRes
+        return COCO(copy.deepcopy(gt))
     return COCO(os.fspath(gt))
 
 
