@@ -38,3 +38,34 @@ def test_unknown_backend_from_the_command_line(synthetic_coco):
     cfg.dataloader.evaluator.dataset_name = synthetic_coco.val_name
     with pytest.raises(ValueError, match=r"COCO evaluation backend must be one of \('faster', 'pycocotools'\)"):
         instantiate(cfg.dataloader.evaluator)
+
+
+def test_do_test_scores_with_the_configs_evaluator(synthetic_coco, tmp_path):
+    """do_test instantiates the config's evaluator: a tiny model evaluated on the generated val split gives the
+    same numbers with faster-coco-eval as with pycocotools."""
+    import torch
+    from detectron2.config import LazyCall as L
+
+    from hieradet.engine import do_test
+    from hieradet.utils.testing import tiny_train_config
+
+    cfg = tiny_train_config(
+        [synthetic_coco.train_name], [synthetic_coco.val_name], str(tmp_path), synthetic_coco.num_classes
+    )
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep every detection
+    results = {}
+    for backend in ("faster", "pycocotools"):
+        cfg.dataloader.evaluator = L(COCOEvaluator)(
+            dataset_name=synthetic_coco.val_name, output_dir=str(tmp_path / backend), backend=backend
+        )
+        results[backend] = do_test(cfg, model)
+    assert set(results["faster"]) == {"bbox", "segm"}
+    for task in ("bbox", "segm"):
+        assert results["faster"][task].keys() == results["pycocotools"][task].keys()
+        for k, v in results["pycocotools"][task].items():
+            assert results["faster"][task][k] == pytest.approx(v, abs=1e-6, nan_ok=True), (task, k)
+    assert (tmp_path / "faster" / "coco_instances_results.json").read_text() == (
+        tmp_path / "pycocotools" / "coco_instances_results.json"
+    ).read_text()
