@@ -185,6 +185,17 @@ def limit_dets_per_image(results: List[dict], max_dets: int) -> List[dict]:
     return out
 
 
+def _drop_unverified(dataset: dict, results: List[dict]) -> List[dict]:
+    """The results whose category the image's LVIS labels verify (annotated there, or in its
+    ``neg_category_ids``), in their order. LVIS evaluation ignores the others; dropping them here (after the
+    per-image limit, as ``lvis`` does) gives the same numbers and avoids a faster-coco-eval 1.8.0 crash
+    (``IndexError: unordered_map::at`` for masks) on an image whose detections are all unverified."""
+    verified: Dict[int, set] = {img["id"]: set(img.get("neg_category_ids") or ()) for img in dataset["images"]}
+    for a in dataset["annotations"]:
+        verified[a["image_id"]].add(a["category_id"])
+    return [r for r in results if r["category_id"] in verified[r["image_id"]]]
+
+
 def lvis_metrics(
     lvis_gt, results: List[dict], iou_type: str, *, backend: str = "faster", max_dets_per_image: Optional[int] = None
 ) -> Dict[str, float]:
@@ -216,7 +227,7 @@ def lvis_metrics(
         )
     from faster_coco_eval import COCOeval_faster
 
-    kept = limit_dets_per_image(_results_for(results, iou_type), max_dets)
+    kept = _drop_unverified(lvis_gt.dataset, limit_dets_per_image(_results_for(results, iou_type), max_dets))
     lvis_eval = COCOeval_faster(lvis_gt, lvis_gt.loadRes(kept), iou_type, lvis_style=True, print_function=logger.debug)
     # LVIS limits detections per image (above), not per image and category: no cap below that
     lvis_eval.params.maxDets = [max(max_dets, 1) if max_dets >= 0 else len(kept)]
