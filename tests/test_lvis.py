@@ -1,5 +1,5 @@
-"""LVIS evaluation on current NumPy: the lvis==0.5.3 `np.float` crash, our compat patch, and detectron2's LVIS
-evaluation path agreeing with a direct `lvis` API call on a generated LVIS v1 ground truth."""
+"""LVIS evaluation on current NumPy: the lvis==0.5.3 `np.float` crash, our compat patch, and our LVIS evaluator
+(faster-coco-eval or the lvis package) agreeing with a direct `lvis` API call on a generated LVIS v1 ground truth."""
 
 import json
 import subprocess
@@ -123,11 +123,13 @@ def test_lvis_eval_end_to_end(synthetic_lvis, iou_type):
     assert {"APr", "APc", "APf", "APs", "APm", "APl"} <= set(noisy)
 
 
-def test_detectron2_lvis_evaluator_matches_direct_lvis_api(synthetic_lvis, tmp_path):
+@pytest.mark.parametrize("backend", ["faster", "lvis"])
+def test_detectron2_lvis_evaluator_matches_direct_lvis_api(synthetic_lvis, tmp_path, backend):
+    """Our LVISEvaluator, scored by faster-coco-eval (default) or by the lvis package, against lvis directly."""
     from detectron2.structures import Boxes, BoxMode, Instances
 
     preds = _make_predictions(synthetic_lvis.val_json, seed=1)
-    evaluator = LVISEvaluator(synthetic_lvis.val_name, distributed=False, output_dir=str(tmp_path))
+    evaluator = LVISEvaluator(synthetic_lvis.val_name, distributed=False, output_dir=str(tmp_path), backend=backend)
     evaluator.reset()
     for img, dets in preds:
         h, w = img["height"], img["width"]

@@ -13,9 +13,12 @@ import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
+from hieradet.evaluation import COCOEvaluator
 from hieradet.utils.resume import ResumableTrainingSampler
 
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+# box/mask AP by faster-coco-eval (same numbers as pycocotools); dataloader.evaluator.backend=pycocotools opts out
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
 
 image_size = 1024
 dataloader.train.mapper.augmentations = [

@@ -41,6 +41,7 @@ def make_lvis(model, dataloader, train_names="lvis_v1_train", test_names="lvis_v
         seed=None,
     )
     dataloader.test.dataset.names = test_names
+    # box/mask AP by faster-coco-eval (same numbers as the lvis package); dataloader.evaluator.backend=lvis opts out
     dataloader.evaluator = L(LVISEvaluator)(dataset_name="${..test.dataset.names}", max_dets_per_image=300)
 
     model.roi_heads.num_classes = LVIS_NUM_CLASSES

@@ -9,7 +9,11 @@ import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
+from hieradet.evaluation import COCOEvaluator
+
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+# box/mask AP by faster-coco-eval (same numbers as pycocotools); dataloader.evaluator.backend=pycocotools opts out
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
 
 dataloader.train.mapper.augmentations = [
     L(T.RandomFlip)(horizontal=True),
