@@ -126,7 +126,7 @@ def tiny_train_config(
         build_detection_train_loader,
         get_detection_dataset_dicts,
     )
-    from detectron2.evaluation import COCOEvaluator
+    from hieradet.evaluation import COCOEvaluator
     from detectron2.solver import WarmupParamScheduler
     from fvcore.common.param_scheduler import CosineParamScheduler
     from omegaconf import OmegaConf

@@ -11,7 +11,8 @@ prints ratios. ``--isolate``: every model in fresh processes of its own, ``--rou
 + backward + AdamW step inside a detectron2 ``EventStorage``, iterations/s and peak memory (CUDA: allocated; CPU:
 resident-set growth). ``--flops``: achieved GFLOP/s (fvcore); ``--matmul-peak``: this machine's matmul rate.
 
-``benchmark.py report A.json [B.json ...]`` prints saved results as a markdown table, ``benchmark.py plot A.json
+``benchmark.py eval [...]`` times COCO / LVIS scoring, reference vs faster-coco-eval
+(:mod:`hieradet.evaluation.benchmark`, the same as ``tools/benchmark_eval.py``). ``benchmark.py report A.json [B.json ...]`` prints saved results as a markdown table, ``benchmark.py plot A.json
 --out speed.png`` plots ms/image against parameters.
 
 Examples::
@@ -76,6 +77,10 @@ def main(argv: Optional[Sequence[str]] = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("report", "plot"):
         return report_main(argv)
+    if argv and argv[0] == "eval":
+        from hieradet.evaluation.benchmark import main as eval_main
+
+        return eval_main(argv[1:])
     ap = get_parser()
     args = ap.parse_args(argv)
     for name, v in (("--size", args.size), ("--batch", args.batch), ("--iters", args.iters), ("--rounds", args.rounds)):
