@@ -46,6 +46,7 @@ __all__ = [
     "window_similarity",
     "run_reproduction",
     "format_table",
+    "settings_from",
 ]
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -309,7 +310,7 @@ def finetune_toy(
     with torch.no_grad():
         for i in range(0, len(test), 128):
             correct += int((model(normalise(test[i : i + 128])).argmax(1) == test_labels[i : i + 128]).sum())
-    return dict(top1=100.0 * correct / len(test), seconds=time.perf_counter() - t0, last_loss=float(loss))
+    return dict(top1=100.0 * correct / len(test), seconds=time.perf_counter() - t0, last_loss=float(loss.detach()))
 
 
 def _mean_std(values: List[float]) -> Dict[str, float]:
