@@ -192,3 +192,29 @@ def test_bad_inputs(tmp_path):
         HieraMAE(
             HieraDet(**pretrain_encoder_kwargs(None, 64, relpos="global", global_blocks=(3,), **TINY)), img_size=64
         )
+
+
+def test_window_similarity_and_toy_scenes():
+    from hieradet.pretrain.reproduce import render_scenes, sample_scenes, window_similarity
+
+    torch.manual_seed(0)
+    tiled = torch.randn(1, 4, 8, 8).tile(1, 1, 4, 4)
+    assert window_similarity(tiled, 8) == pytest.approx(1.0)
+    rand = torch.randn(1, 4, 32, 32)
+    assert abs(window_similarity(rand, 8)) < 0.2
+    try:  # the same measure as the analysis tool (Bolya et al. 2024, Fig. 4 / 8), where that tool lives now
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("vpe", os.path.join("tools", "visualize_pos_embed.py"))
+        vpe = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(vpe)
+        assert window_similarity(rand, 8) == pytest.approx(vpe.window_similarity(rand, 8))
+    except (FileNotFoundError, AttributeError, ImportError):
+        pass
+    with pytest.raises(ValueError, match="fewer than two"):
+        window_similarity(torch.randn(1, 4, 8, 8), 8)
+    scenes = sample_scenes(6, seed=3, labelled=True)
+    assert all(0 <= s["label"] < 16 for s in scenes)
+    a, b = render_scenes(scenes, 64), render_scenes(sample_scenes(6, seed=3, labelled=True), 64)
+    assert a.dtype == torch.uint8 and a.shape == (6, 3, 64, 64) and torch.equal(a, b)
+    assert render_scenes(scenes, 128).shape == (6, 3, 128, 128)
