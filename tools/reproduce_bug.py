@@ -27,6 +27,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-batch", type=int)
     p.add_argument("--train-images", type=int)
     p.add_argument("--test-images", type=int)
+    p.add_argument("--pretrain-only", action="store_true", help="only pretrain and measure the window similarity")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     return p
 
@@ -44,6 +45,7 @@ def main(argv=None) -> dict:
         train_images=args.train_images,
         test_images=args.test_images,
         threads=args.threads,
+        pretrain_only=args.pretrain_only or None,
     )
     for name in ("pretrain_iters", "pretrain_batch", "finetune_iters", "finetune_batch", "train_images", "test_images"):
         if getattr(st, name) <= 0:

@@ -80,6 +80,7 @@ class ToySettings:
     data_seed: int = 0
     pretrain_seed: int = 0
     threads: int = 0  # torch threads (0: leave as is)
+    pretrain_only: bool = False  # stop after pretraining and the window similarity (no fine-tuning, no table)
     extra: Dict[str, object] = field(default_factory=dict)
 
 
@@ -423,6 +424,9 @@ def run_reproduction(st: ToySettings = FULL, output_dir: str = "output/reproduce
                 twin.load_state_dict(pe.state_dict())
                 sims[str(size)] = window_similarity(twin((size // 4, size // 4)).permute(0, 3, 1, 2), 8)
         result["window_similarity"][kind] = sims
+        log(f"  window similarity ({kind}): " + ", ".join(f"{k} px {v:.3f}" for k, v in sims.items()))
+        if st.pretrain_only:
+            continue
         result["cells"][kind] = {}
         for s in st.scales:
             size = st.img_size * s
@@ -435,6 +439,11 @@ def run_reproduction(st: ToySettings = FULL, output_dir: str = "output/reproduce
                 log(f"  fine-tune {kind:8s} {size:4d} px seed {seed}: top-1 {r['top1']:.1f} ({r['seconds']:.0f}s)")
             result["cells"][kind][str(size)] = dict(values=top1, **_mean_std(top1))
     result["seconds"] = time.perf_counter() - t_start
+    if st.pretrain_only:
+        with open(os.path.join(output_dir, "results.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        log(f"total {result['seconds']:.0f}s")
+        return result
     table = format_table(result)
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
