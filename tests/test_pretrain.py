@@ -122,14 +122,22 @@ def test_backbone_file_loads_into_stock_detection_config(tmp_path):
 def test_abswin_backbone_fits_stock_config_and_other_size_is_refused(tmp_path):
     from detectron2.config import LazyConfig, instantiate
 
+    cfg = LazyConfig.load("configs/COCO/mask_rcnn_hieradet_t_100ep.py")
+    model = instantiate(cfg.model)
+    # an abs-win file at 224 px (8x8 window + 7x7 global) fits the stock config unchanged
+    enc_t = HieraDet(**pretrain_encoder_kwargs("T", 224, "abswin"))
+    path_t = str(tmp_path / "mae_t.pth")
+    torch.save(backbone_checkpoint(enc_t, 224), path_t)
+    HieraDetCheckpointer(model).load(path_t)
+    got = model.backbone.bottom_up.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in enc_t.state_dict().items())
+    # a file of another size is refused
     enc = HieraDet(**pretrain_encoder_kwargs("S", 224, "abswin"))
     ck = backbone_checkpoint(enc, 224)
     assert ck["__hieradet__"]["embed_kwargs"]["pos_embed_window"] == 8
     assert ck["__hieradet__"]["embed_kwargs"]["pos_embed_global"] == 7
     path = str(tmp_path / "mae_s.pth")
     torch.save(ck, path)
-    cfg = LazyConfig.load("configs/COCO/mask_rcnn_hieradet_t_100ep.py")
-    model = instantiate(cfg.model)
     with pytest.raises(CheckpointError, match="size mismatch"):
         HieraDetCheckpointer(model).load(path)
 

@@ -139,9 +139,8 @@ def pretrain(
             logger.info("resumed from %s at iteration %d", path, start_iter)
     ddp_model = model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[comm.get_local_rank()] if use_amp or str(device).startswith("cuda") else None
-        )
+        on_gpu = str(device).startswith("cuda")
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_gpu else None)
     # a resumed run draws a fresh (but deterministic) image order
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=seed + start_iter)
     loader = DataLoader(
