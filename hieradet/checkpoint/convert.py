@@ -24,6 +24,7 @@ Classifier heads, final norms, MAE decoders and mask tokens are dropped; timm's 
 (``ls1.gamma``/``ls2.gamma``) is folded into the preceding ``attn.proj``/``mlp.fc2`` (exact up to rounding).
 """
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "backbone_classes",
     "is_new_by_design",
     "config_overrides",
+    "checkpoint_layout_from_conversion",
     "METADATA_KEY",
     "summarize",
 ]
@@ -615,6 +617,8 @@ def convert_state_dict(
     """
     from ..modeling.pos_embed import POS_EMBED_MODES
 
+    if pos_embed == "auto":  # the source's natural mode
+        pos_embed = None
     if pos_embed is not None and pos_embed not in POS_EMBED_MODES:
         raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES} or None, got {pos_embed!r}")
     if source != "auto" and source not in SOURCE_FORMATS:
@@ -674,8 +678,10 @@ def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] =
         prefix = default_prefix(result.arch)
     if prefix and not prefix.endswith("."):
         prefix += "."
+    layout, architecture = checkpoint_layout_from_conversion(result)
     meta = {
-        "version": 1,
+        "version": 2,
+        "kind": "converted",
         "source_format": result.source_format,
         "source_file": source_file,
         "arch": result.arch,
@@ -685,8 +691,41 @@ def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] =
         "embed_kwargs": _plain(result.embed_kwargs),
         "embed_shapes": {k: list(v) for k, v in result.embed_after.items()},
         "new_keys": list(result.new_keys),
+        "architecture": architecture,
+        "layout": layout,
     }
     return {"model": {prefix + k: v for k, v in result.state_dict.items()}, METADATA_KEY: meta}
+
+
+def checkpoint_layout_from_conversion(result: ConversionResult) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(layout, architecture)`` of converted weights: what the source fixes (its natural mode, the embedding
+    grids, the pretraining size, windows that line up with the pretraining tile, SAM 2's global blocks)."""
+    kw = result.backbone_kwargs
+    cls = backbone_classes()[result.arch]
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    layout: Dict[str, Any] = {"pretrain_img_size": kw["pretrain_img_size"], "pos_embed": kw["pos_embed"]}
+    if result.arch == "HieraDet":
+        layout.update(
+            pos_embed_window=kw.get("pos_embed_window"),
+            pos_embed_global=kw.get("pos_embed_global"),
+            pos_embed_antialias=bool(kw.get("pos_embed_antialias", False)),
+            window_size=_plain_value(kw.get("window_size", defaults["window_size"])),
+        )
+        if result.source_format in ("sam2", "timm_hieradet"):  # SAM 2 fixes its global blocks
+            layout["global_blocks"] = _plain_value(kw["global_blocks"])
+        if kw.get("expand_proj", True) is False:
+            layout["expand_proj"] = False
+        architecture = dict(embed_dim=kw["embed_dim"], stages=_plain_value(kw["stages"]))
+    else:
+        patch = kw.get("patch_size", defaults["patch_size"])
+        layout.update(patch_size=patch, window_size=kw["pretrain_img_size"] // patch)  # the grid is the tile
+        key = "depth" if result.arch == "ViT" else "depths"
+        architecture = {"embed_dim": kw["embed_dim"], key: _plain_value(kw[key])}
+    return {k: _plain_value(v) for k, v in layout.items()}, architecture
+
+
+def _plain_value(v: Any) -> Any:
+    return [_plain_value(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def _plain(d: Mapping[str, Any]) -> Dict[str, Any]:
