@@ -113,10 +113,14 @@ def test_training_checkpoints_record_the_layout_and_it_binds(official, tmp_path)
     assert meta["architecture"] == {"embed_dim": 32, "stages": [1, 1, 3, 1]}
     assert meta["layout"]["pos_embed_window"] == 56 and meta["layout"]["global_blocks"] == [2, 3, 4]
 
+    assert meta["layout"]["img_size"] == 128  # it sizes the global blocks' relative position tables
+
     # the stock-style config (auto) becomes exactly the trained model
     fresh, lines = _cfg(), []
+    fresh.model.backbone.bottom_up.img_size = 256
     apply_checkpoint_layout(fresh, str(tmp_path / "model_final.pth"), log=lines.append)
     assert any("'auto' -> 'abswin' (the mode it was trained in" in x for x in lines)
+    assert any("img_size: 256 -> 128" in x for x in lines)
     HieraDetCheckpointer(instantiate(fresh.model)).load(str(tmp_path / "model_final.pth"))
 
     # a trained mode is binding: another named mode is refused before building, and at load time

@@ -13,7 +13,10 @@ checkpoints, ``model_*.pth`` and ``model_final.pth`` of a training run) therefor
      "prefix": "backbone.bottom_up.",           # where the backbone's keys sit in "model"
      "architecture": {"embed_dim": 96, "stages": [1, 2, 7, 2]},   # the weights' shapes (checked, never set)
      "layout": {"pretrain_img_size": 224, "pos_embed": "abswin", "pos_embed_window": 56, ...},
-     ...}                                       # converted files also keep source_format, backbone_kwargs, ...
+     ...}
+
+Trained files also record ``img_size`` when the global blocks have relative position tables (it sizes them);
+converted files also keep ``source_format``, ``backbone_kwargs``, ``embed_kwargs``, ``new_keys``.
 
 :func:`apply_checkpoint_layout` sets ``layout`` on a config's backbone before the model is built (a raw public
 file gets its record from :func:`~hieradet.checkpoint.convert.convert_state_dict`). The ``pos_embed`` of a
@@ -139,6 +142,28 @@ def _expand_proj(module: nn.Module) -> bool:
     return True
 
 
+def _relpos_img_size(arch: str, module: nn.Module) -> Optional[int]:
+    """The image size the global blocks' relative position tables are sized for (their grid side times the
+    block's input stride), None without such tables. Another ``img_size`` with the same grid builds the same
+    tables."""
+    stride = int(module.patch_embed.proj.stride[0]) * (4 if arch == "HiViT" else 1)
+    for blk in module.blocks:
+        attn = blk.attn
+        if blk.window_size == 0 and getattr(attn, "use_rel_pos", False):
+            return (int(attn.rel_pos_h.shape[0]) + 1) // 2 * stride
+        if arch == "HieraDet":
+            stride *= int(blk.q_stride)
+    return None
+
+
+def _same_img_size(arch: str, a: Any, b: Any) -> bool:
+    """``img_size`` values that give the stride-16 global blocks tables of the same size."""
+    if a is None or b is None:
+        return a == b
+    side = (lambda x: int(x) // 16) if arch == "ViT" else (lambda x: -(-int(x) // 16))
+    return side(a) == side(b)
+
+
 def model_layout(arch: str, module: nn.Module) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(layout, architecture)`` of a built HieraDet / ViT / HiViT, read from the module itself.
 
@@ -183,6 +208,15 @@ def model_layout(arch: str, module: nn.Module) -> Tuple[Dict[str, Any], Dict[str
     return layout, dict(embed_dim=dim, depth=len(module.blocks))
 
 
+def _trained_layout(arch: str, module: nn.Module) -> Dict[str, Any]:
+    """:func:`model_layout` plus what a trained file's extra weights fix: the relative position tables' size."""
+    layout, _ = model_layout(arch, module)
+    img_size = _relpos_img_size(arch, module)
+    if img_size is not None:
+        layout["img_size"] = img_size
+    return layout
+
+
 def find_backbones(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
     """``{key prefix: (arch, module)}`` of every HieraDet / ViT / HiViT in ``model`` (prefix ``""``: the model)."""
     classes = backbone_classes()
@@ -201,7 +235,7 @@ def training_metadata(model: nn.Module) -> Optional[Dict[str, Any]]:
     if len(backbones) != 1:
         return None
     ((prefix, (arch, module)),) = backbones.items()
-    layout, architecture = model_layout(arch, module)
+    layout, architecture = _trained_layout(arch, module), model_layout(arch, module)[1]
     from .convert import _match_size  # preset name of the size, if it is one
 
     size = _match_size(_presets(arch), **{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
@@ -419,6 +453,8 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
             continue
         if field == "window_size":
             value = _merged_windows(current, value)
+        if field == "img_size" and _same_img_size(arch, current, value):
+            continue  # the same relative position tables
         if not _same(current, value):
             shown = tuple(value) if isinstance(value, list) else value
             log(f"{_PREFIX_LINE} {where}.{field}: {_fmt(current)} -> {_fmt(shown)} (from {name})")
@@ -440,8 +476,8 @@ def check_model_layout(record: Mapping[str, Any], arch: str, module: nn.Module, 
     The mode of a converted file is its natural one, which a model may replace on purpose; every other
     recorded field (and the mode of a trained file) must be the model's.
     """
-    have, _ = model_layout(arch, module)
     trained = record.get("kind") == "trained"
+    have = _trained_layout(arch, module) if trained else model_layout(arch, module)[0]
     wrong = []
     for field, value in record["layout"].items():
         if field == "pos_embed" and not trained:
