@@ -410,6 +410,9 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
     """
     log = log or (lambda line: print(line, flush=True))
     name = os.path.basename(path.split("?")[0])
+    if name.endswith(".pkl"):  # detectron2's pickled (Caffe2-era) model zoo files: none of our backbones
+        log(f"{_PREFIX_LINE} {name} is a pickled detectron2 file without a layout record: the config's layout is kept")
+        return cfg
     record = read_checkpoint_layout(path, allow_pickle)
     root = cfg.model if hasattr(cfg, "get") and "model" in cfg else cfg
     found = find_backbone_configs(root, "model" if root is not cfg else "cfg")
