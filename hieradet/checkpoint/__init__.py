@@ -20,7 +20,6 @@ from .convert import (
     default_prefix,
     detect_format,
     grid_from_tokens,
-    official_hiera_to_hieradet,
     summarize,
     vit_to_abswin_vit,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "load_backbone_checkpoint",
     "load_checkpoint_file",
     "load_official_hivit",
-    "official_hiera_to_hieradet",
     "official_hivit_layout",
     "official_hivit_to_hivit",
     "summarize",

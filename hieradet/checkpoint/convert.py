@@ -38,7 +38,6 @@ __all__ = [
     "SOURCE_FORMATS",
     "ConversionResult",
     "grid_from_tokens",
-    "official_hiera_to_hieradet",
     "vit_to_abswin_vit",
     "detect_format",
     "convert_state_dict",
@@ -143,23 +142,6 @@ def grid_from_tokens(pos_embed: torch.Tensor, num_prefix_tokens: int = 0) -> tor
     if side * side != tokens.shape[1]:
         raise ValueError(f"position embedding with {tokens.shape[1]} tokens is not a square grid")
     return tokens.reshape(1, side, side, -1).permute(0, 3, 1, 2).contiguous()
-
-
-def official_hiera_to_hieradet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Official Hiera (``hiera-transformer``) classification weights -> :class:`HieraDet` weights.
-
-    The full 56x56 ``pos_embed`` becomes the tiled window embedding (configure the backbone with
-    ``pos_embed_window=56, pos_embed_global=None``); ``norm`` and ``head`` (the classifier) are dropped.
-    """
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith(("head.", "norm.")):
-            continue
-        if k == "pos_embed":
-            out["pos_embed.window_embed"] = grid_from_tokens(v)
-        else:
-            out[k] = v
-    return out
 
 
 def vit_to_abswin_vit(state_dict: Dict[str, torch.Tensor], has_cls_token: bool = True) -> Dict[str, torch.Tensor]:
