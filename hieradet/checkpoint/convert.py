@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .io import CheckpointError, unwrap_state_dict
+from .keymaps import grid_from_tokens, is_pretraining_key, map_official_hivit_keys, official_hivit_layout
 
 __all__ = [
     "SOURCE_FORMATS",
@@ -63,19 +64,6 @@ SOURCE_FORMATS = {
     "hivit": "official HiViT (zhangxiaosong18/hivit)",
 }
 
-# keys that belong to pretraining or classification only
-_DROP_EXACT = ("cls_token", "dist_token", "reg_token", "mask_token")
-_DROP_PREFIXES = (
-    "head.",
-    "head_dist.",
-    "norm.",
-    "fc_norm.",
-    "encoder_norm.",
-    "pre_logits.",
-    "decoder",  # decoder_embed, decoder_blocks, decoder_norm, decoder_pred, decoder_pos_embed
-    "multi_scale_fusion_heads.",
-    "pred.",
-)
 _SAM2_TRUNK = "image_encoder.trunk."
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _HIVIT_MERGE = re.compile(r"^blocks\.\d+\.reduction\.weight$")
@@ -133,22 +121,11 @@ class ConversionResult:
     notes: List[str] = field(default_factory=list)
 
 
-def grid_from_tokens(pos_embed: torch.Tensor, num_prefix_tokens: int = 0) -> torch.Tensor:
-    """(1, [prefix +] h*w, C) token embedding -> (1, C, h, w) grid (square grids only)."""
-    if pos_embed.dim() != 3:
-        raise ValueError(f"expected a (1, N, C) position embedding, got shape {tuple(pos_embed.shape)}")
-    tokens = pos_embed[:, num_prefix_tokens:]
-    side = math.isqrt(tokens.shape[1])
-    if side * side != tokens.shape[1]:
-        raise ValueError(f"position embedding with {tokens.shape[1]} tokens is not a square grid")
-    return tokens.reshape(1, side, side, -1).permute(0, 3, 1, 2).contiguous()
-
-
 def vit_to_abswin_vit(state_dict: Dict[str, torch.Tensor], has_cls_token: bool = True) -> Dict[str, torch.Tensor]:
     """MAE / detectron2 ViT weights -> :class:`ViT` weights: the pretrained grid becomes the window tile."""
     out = {}
     for k, v in state_dict.items():
-        if k in ("cls_token", "mask_token") or k.startswith(("head.", "fc_norm.", "norm.", "decoder", "mask_token")):
+        if is_pretraining_key(k):
             continue
         if k == "pos_embed":
             out["pos_embed.window_embed"] = grid_from_tokens(v, 1 if has_cls_token else 0)
@@ -230,10 +207,6 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 # conversion
 
 
-def _drop(key: str) -> bool:
-    return key in _DROP_EXACT or key.startswith(_DROP_PREFIXES)
-
-
 def _fold_layer_scale(sd: Dict[str, torch.Tensor], folded: List[str]) -> Dict[str, torch.Tensor]:
     """``x + ls(f(x))`` with ``ls = diag(gamma)`` equals ``x + f'(x)`` with gamma multiplied into f's last linear."""
     out = dict(sd)
@@ -307,7 +280,7 @@ def _convert_hiera(sd: Dict[str, torch.Tensor], fmt: str, res_args: Dict[str, An
                 glob = v
                 renamed.append((k, "pos_embed.global_embed"))
             continue
-        if _drop(k):
+        if is_pretraining_key(k):
             dropped.append(k)
             continue
         new = k.replace(".mlp.layers.0.", ".mlp.fc1.").replace(".mlp.layers.1.", ".mlp.fc2.")
@@ -421,7 +394,7 @@ def _convert_vit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> Conve
         if k == "pos_embed":
             out["pos_embed.window_embed"] = grid_from_tokens(v, prefix_tokens)
             renamed.append((k, "pos_embed.window_embed"))
-        elif _drop(k):
+        elif is_pretraining_key(k):
             dropped.append(k)
         else:
             out[k] = v
@@ -474,10 +447,9 @@ def _convert_vit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> Conve
 
 def _convert_hivit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> ConversionResult:
     from ..modeling.hivit import HIVIT_SIZES, hivit_kwargs
-    from .hivit import _map_official_keys, official_hivit_layout
 
     layout = official_hivit_layout(sd)
-    out, renamed, dropped, unknown = _map_official_keys(sd)
+    out, renamed, dropped, unknown = map_official_hivit_keys(sd)
     out.update({k: sd[k] for k in unknown})  # kept under their names: the check against the model refuses them
     embed_dim, depths = layout["embed_dim"], tuple(layout["depths"])
     grid = int(out["pos_embed.window_embed"].shape[-1])
