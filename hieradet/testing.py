@@ -126,11 +126,11 @@ def tiny_train_config(
         build_detection_train_loader,
         get_detection_dataset_dicts,
     )
-    from hieradet.evaluation import COCOEvaluator
     from detectron2.solver import WarmupParamScheduler
     from fvcore.common.param_scheduler import CosineParamScheduler
     from omegaconf import OmegaConf
 
+    from hieradet.evaluation import COCOEvaluator
     from hieradet.utils.resume import ResumableTrainingSampler
 
     train_names, test_names = list(train_names), list(test_names or [])

@@ -126,7 +126,7 @@ def test_recipe_values_match_the_papers(path):
         assert tuple(bb.global_blocks) == HIERA_GLOBAL[size]
         ends = tuple(int(x) - 1 for x in torch.tensor(list(bb.stages)).cumsum(0))
         assert ends == HIERA_STAGE_ENDS[size]
-        assert bb.relpos == "global" and bb.pos_embed == "abswin"
+        assert bb.relpos == "global" and bb.pos_embed == "auto"
         assert (bb.pos_embed_window, bb.pos_embed_global) == (8, 7)
         assert cfg.optimizer.params.weight_decay_bias == 0.0
         assert cfg.model.backbone.square_pad == 1024  # "${.bottom_up.img_size}"
@@ -141,7 +141,7 @@ def test_recipe_values_match_the_papers(path):
         ld, epochs = rec["layer_decay"], (100 if lvis else rec["epochs"])
         assert bb.window_size == 14 and bb.depth == rec["depth"]
         assert tuple(bb.global_blocks) == VIT_GLOBAL[size]
-        assert bb.relpos == "global" and bb.pos_embed == "abswin"  # the fix; the rest is ViTDet's
+        assert bb.relpos == "global" and bb.pos_embed == "auto"  # the fix; the rest is ViTDet's
         assert cfg.model.backbone.square_pad == 1024  # "${.net.img_size}"
 
     assert math.isclose(cfg.optimizer.lr, lr, rel_tol=1e-9)

@@ -44,7 +44,7 @@ def test_config_loads_with_the_papers_recipe(name):
     assert bu._target_ is HiViT
     assert list(cfg.model.backbone.in_features) == ["scale2", "scale3", "scale4", "scale5"]
     assert bu.window_size == 14 and len(bu.global_blocks) == 4
-    assert (bu.pos_embed, bu.relpos) == (("interpolate", "none") if "interp" in name else ("abswin", "global"))
+    assert (bu.pos_embed, bu.relpos) == (("interpolate", "none") if "interp" in name else ("auto", "global"))
     size = name.split("hivit_")[1][0].upper()
     assert bu.embed_dim == hivit_kwargs(size)["embed_dim"] and tuple(bu.depths) == hivit_kwargs(size)["depths"]
     assert bu.global_blocks == hivit_kwargs(size)["global_blocks"]

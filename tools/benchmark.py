@@ -12,7 +12,8 @@ prints ratios. ``--isolate``: every model in fresh processes of its own, ``--rou
 resident-set growth). ``--flops``: achieved GFLOP/s (fvcore); ``--matmul-peak``: this machine's matmul rate.
 
 ``benchmark.py eval [...]`` times COCO / LVIS scoring, reference vs faster-coco-eval
-(:mod:`hieradet.evaluation.benchmark`, the same as ``tools/benchmark_eval.py``). ``benchmark.py report A.json [B.json ...]`` prints saved results as a markdown table, ``benchmark.py plot A.json
+(:mod:`hieradet.evaluation.benchmark`, the same as ``tools/benchmark_eval.py``).
+``benchmark.py report A.json [B.json ...]`` prints saved results as a markdown table, ``benchmark.py plot A.json
 --out speed.png`` plots ms/image against parameters.
 
 Examples::

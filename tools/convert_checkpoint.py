@@ -6,7 +6,9 @@ Sources (detected from the keys): MAE ViT (``mae_pretrain_vit_*.pth``), official
 "hieradet" trunks, SAM 2 / SAM 2.1 checkpoints (their ``image_encoder.trunk``), official HiViT (MAE or
 classification). The output holds full model keys (``backbone.bottom_up.*`` for HieraDet / HiViT + FPN,
 ``backbone.net.*`` for ViT + SimpleFeaturePyramid)
-and a ``__hieradet__`` metadata entry, so that ``train.init_checkpoint=<output>`` loads it exactly.
+and a ``__hieradet__`` metadata entry with the backbone layout the weights need, so that
+``train.init_checkpoint=<output>`` builds the right model (:func:`hieradet.checkpoint.apply_checkpoint_layout`) and
+loads it exactly. The training tools also take the raw file; converting once saves the conversion at every start.
 
 Examples::
 
@@ -97,9 +99,12 @@ def main(argv=None) -> int:
     for line in summarize(result, prefix):
         print("  " + line)
     module = "model." + prefix.rstrip(".") if prefix else "<backbone>"
-    print("config overrides (LazyConfig command line or config file):")
-    print(f"  train.init_checkpoint={args.output}")
-    for line in config_overrides(out[METADATA_KEY]["embed_kwargs"], module):
+    print(f"train with: train.init_checkpoint={args.output}")
+    print(
+        "layout recorded in the file (tools/lazyconfig_train_net.py, --eval-only and tools/demo.py set it on the "
+        "config; in your own code call hieradet.checkpoint.apply_checkpoint_layout(cfg, path) before building):"
+    )
+    for line in config_overrides(out[METADATA_KEY]["layout"], module):
         print("  " + line)
     if result.size:
         configs = {"HieraDet": "configs/COCO/mask_rcnn_hieradet", "ViT": "configs/COCO/mask_rcnn_vitdet"}

@@ -6,6 +6,9 @@ detectron2's own ``demo/demo.py`` only reads yacs configs. This one takes any La
 folders; it resizes each image like the config's test loader (``dataloader.test.mapper.augmentations``,
 otherwise the short edge to 800), draws boxes, masks, labels and scores with detectron2's
 ``Visualizer`` and writes one PNG per image. It runs on the CPU unless ``--device cuda`` is given.
+The weights may be a training checkpoint, a converted file or a raw public one: the model is built with the
+layout they record (:func:`hieradet.checkpoint.apply_checkpoint_layout`) and loaded by
+:class:`hieradet.checkpoint.HieraDetCheckpointer` (:class:`hieradet.engine.predictor.LazyPredictor`).
 
 Example::
 
@@ -18,12 +21,13 @@ import argparse
 import glob
 import logging
 import os
-import sys
 import time
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from hieradet.engine.predictor import LazyPredictor
 
 __all__ = ["IMAGE_EXTENSIONS", "DemoError", "LazyPredictor", "collect_images", "read_image", "main"]
 
@@ -74,60 +78,6 @@ def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DemoError(f"cannot read image {path}: decoded to an array of shape {image.shape}")
     return image
-
-
-class LazyPredictor:
-    """detectron2's ``DefaultPredictor`` for a LazyConfig: builds the model, loads weights, and maps
-    one BGR image to the model's output dict.
-
-    Args:
-        cfg: a LazyConfig with ``model`` (and optionally ``dataloader.test.mapper.augmentations``).
-        checkpoint (str or None): weights to load (detectron2 / converted checkpoint); None keeps the
-            config's ``train.init_checkpoint`` if set, else the random initialisation.
-        device (str): ``"cpu"`` or ``"cuda"``.
-    """
-
-    def __init__(self, cfg, checkpoint: Optional[str] = None, device: str = "cpu"):
-        import detectron2.data.transforms as T
-        from detectron2.checkpoint import DetectionCheckpointer
-        from detectron2.config import instantiate
-
-        if "model" not in cfg:
-            raise DemoError("the config defines no `model`")
-        self.model = instantiate(cfg.model)
-        self.model.to(device).eval()
-        if checkpoint is None:
-            checkpoint = cfg.get("train", {}).get("init_checkpoint", "") or None
-        if checkpoint:
-            if not os.path.isfile(checkpoint):
-                raise DemoError(f"checkpoint not found: {checkpoint}")
-            try:
-                DetectionCheckpointer(self.model).load(checkpoint)
-            except Exception as e:
-                raise DemoError(f"cannot load checkpoint {checkpoint}: {type(e).__name__}: {e}") from e
-        self.checkpoint = checkpoint
-        inner = getattr(self.model, "model", self.model)  # a TTA wrapper holds the detector as .model
-        self.input_format = getattr(inner, "input_format", "BGR")
-        augs = None
-        try:
-            augs = cfg.dataloader.test.mapper.augmentations
-        except (AttributeError, KeyError):
-            pass
-        self.aug = T.AugmentationList(instantiate(augs) if augs else [T.ResizeShortestEdge(800, 1333)])
-        self.tta = hasattr(self.model, "tta_mapper")
-
-    @torch.no_grad()
-    def __call__(self, image_bgr: np.ndarray) -> dict:
-        import detectron2.data.transforms as T
-
-        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        h, w = image.shape[:2]
-        if not self.tta:  # the TTA wrapper resizes the original image itself
-            image = T.AugInput(image)
-            self.aug(image)
-            image = image.image
-        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]
 
 
 def _metadata(cfg, name: Optional[str]):
@@ -197,8 +147,15 @@ def run(args) -> List[dict]:
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), list(args.opts or []))
     except Exception as e:
         raise DemoError(f"cannot load config {args.config_file}: {type(e).__name__}: {e}") from e
+    if "model" not in cfg:
+        raise DemoError(f"the config {args.config_file} defines no `model`")
     torch.manual_seed(args.seed)
-    predictor = LazyPredictor(cfg, args.checkpoint, args.device)
+    try:
+        predictor = LazyPredictor(cfg, args.checkpoint, args.device)
+    except FileNotFoundError as e:
+        raise DemoError(str(e)) from e
+    except Exception as e:  # CheckpointError and detectron2's loading errors
+        raise DemoError(f"cannot load checkpoint {args.checkpoint or ''}: {type(e).__name__}: {e}") from e
     if args.tta and not predictor.tta:
         from hieradet.modeling.tta import GeneralizedRCNNTTA
 
@@ -244,5 +201,4 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

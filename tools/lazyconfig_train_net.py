@@ -2,9 +2,13 @@
 """Train or evaluate a hieradet LazyConfig, as detectron2's ViTDet project does.
 
     python tools/lazyconfig_train_net.py --config-file configs/COCO/mask_rcnn_hieradet_b_100ep.py --num-gpus 8 \
-        train.init_checkpoint=/path/to/hiera_b_converted.pth
+        train.init_checkpoint=/path/to/hiera_base_224.pth
     python tools/lazyconfig_train_net.py --config-file configs/COCO/mask_rcnn_hieradet_b_100ep.py --eval-only \
         train.init_checkpoint=output/model_final.pth
+
+The weights decide the backbone's layout: before the model is built, the file it will load (a raw public
+checkpoint, a converted one, or with ``--resume`` the last checkpoint in ``train.output_dir``) sets the fields
+its weights need (:func:`hieradet.checkpoint.apply_checkpoint_layout`, one printed line per changed field).
 
 Anything after the options is a ``key=value`` override of the config (``train.max_iter=1000``,
 ``dataloader.train.total_batch_size=16``, ``train.device=cpu``, ...). Builtin datasets (``coco_2017_train``,

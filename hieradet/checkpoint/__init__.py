@@ -3,11 +3,13 @@
 * :func:`convert_state_dict` turns an MAE ViT, official / timm Hiera, timm abs-win Hiera, SAM 2 or official
   HiViT checkpoint into backbone weights (:class:`ConversionResult`); :func:`build_converted_checkpoint`
   makes the file ``tools/convert_checkpoint.py`` writes (full model keys + ``__hieradet__`` metadata).
+* :func:`apply_checkpoint_layout` sets the backbone fields a checkpoint's weights need (its *layout*, recorded
+  in every file the project writes, see :mod:`hieradet.checkpoint.layout`) on a config before the model is built.
 * :class:`HieraDetCheckpointer` loads such a file (or a raw pretrained one) into a detectron2 model and
   refuses backbone weights that do not fit, instead of skipping them.
 """
 
-from .checkpointer import HieraDetCheckpointer, check_backbone_state_dict, find_backbones, load_backbone_checkpoint
+from .checkpointer import HieraDetCheckpointer, check_backbone_state_dict, load_backbone_checkpoint
 from .convert import (
     METADATA_KEY,
     SOURCE_FORMATS,
@@ -18,7 +20,6 @@ from .convert import (
     default_prefix,
     detect_format,
     grid_from_tokens,
-    official_hiera_to_hieradet,
     summarize,
     vit_to_abswin_vit,
 )
@@ -30,9 +31,26 @@ from .hivit import (
     official_hivit_to_hivit,
 )
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .layout import (
+    LAYOUT_FIELDS,
+    apply_checkpoint_layout,
+    check_model_layout,
+    find_backbone_configs,
+    find_backbones,
+    model_layout,
+    read_checkpoint_layout,
+    training_metadata,
+)
 
 __all__ = [
     "CheckpointError",
+    "LAYOUT_FIELDS",
+    "apply_checkpoint_layout",
+    "check_model_layout",
+    "find_backbone_configs",
+    "model_layout",
+    "read_checkpoint_layout",
+    "training_metadata",
     "HIVIT_PREFIX",
     "ConversionResult",
     "HieraDetCheckpointer",
@@ -50,7 +68,6 @@ __all__ = [
     "load_backbone_checkpoint",
     "load_checkpoint_file",
     "load_official_hivit",
-    "official_hiera_to_hieradet",
     "official_hivit_layout",
     "official_hivit_to_hivit",
     "summarize",

@@ -17,7 +17,6 @@ from torch import nn
 
 from .convert import (
     METADATA_KEY,
-    backbone_classes,
     build_converted_checkpoint,
     config_overrides,
     convert_state_dict,
@@ -26,6 +25,7 @@ from .convert import (
     summarize,
 )
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .layout import check_model_layout, find_backbones, record_from_metadata, training_metadata
 
 __all__ = [
     "HieraDetCheckpointer",
@@ -37,21 +37,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _EMBED_KEYS = ("pos_embed.window_embed", "pos_embed.global_embed")
-
-
-def _backbone_classes() -> Dict[str, type]:
-    return backbone_classes()  # HieraDet, ViT, HiViT
-
-
-def find_backbones(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
-    """``{key prefix: (arch, module)}`` of every HieraDet / ViT / HiViT in ``model`` (prefix ``""``: the model)."""
-    classes = _backbone_classes()
-    found = {}
-    for name, module in model.named_modules():
-        for arch, cls in classes.items():
-            if isinstance(module, cls):
-                found[name + "." if name else ""] = (arch, module)
-    return found
 
 
 def _describe_embed(shapes: Mapping[str, Optional[Tuple[int, ...]]]) -> str:
@@ -104,16 +89,19 @@ def check_backbone_state_dict(
             ]
         raise CheckpointError(
             f"position-embedding layout mismatch{location}: the checkpoint has {_describe_embed(ck_embed)}, but the "
-            f"model's {arch} was built with {_describe_embed(md_embed)}. Build the backbone to match the checkpoint: "
-            + ", ".join(fix)
+            f"model's {arch} was built with {_describe_embed(md_embed)}. Build the backbone to match the checkpoint "
+            "(hieradet.checkpoint.apply_checkpoint_layout(cfg, checkpoint) does, as the tools do): " + ", ".join(fix)
         )
+    trained = bool(meta) and meta.get("kind") == "trained"  # a training checkpoint has every key, sized as built
     wrong = [
         (k, tuple(v.shape), tuple(model_sd[k].shape))
         for k, v in state_dict.items()
-        if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape) and "rel_pos" not in k
+        if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape) and ("rel_pos" not in k or trained)
     ]
     extra = [k for k in state_dict if k not in model_sd]
-    lacking = [k for k in model_sd if k not in state_dict and not is_new_by_design(k)] if meta is not None else []
+    lacking = []
+    if meta is not None:
+        lacking = [k for k in model_sd if k not in state_dict and (trained or not is_new_by_design(k))]
     if wrong or (meta is not None and (extra or lacking)):
         ck = f"{meta.get('arch')}-{meta.get('size') or 'custom'}" if meta else "the checkpoint's backbone"
         detail = "; ".join(f"{k}: {a} in the checkpoint vs {b} in the model" for k, a, b in wrong[:3])
@@ -151,6 +139,19 @@ class HieraDetCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, save_to_disk=None, convert_raw: bool = True, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.convert_raw = convert_raw
+        self._source = ""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Saves as :class:`DetectionCheckpointer` does, with the backbone's layout record under ``__hieradet__``
+        (see :mod:`hieradet.checkpoint.layout`), so the file later rebuilds the model it was written from."""
+        meta = training_metadata(self.model)
+        if meta is not None:
+            kwargs.setdefault(METADATA_KEY, meta)
+        super().save(name, **kwargs)
+
+    def load(self, path: str, checkpointables=None) -> Dict[str, Any]:
+        self._source = path
+        return super().load(path, checkpointables)
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
         # torch files (and .safetensors): an unreadable file raises a CheckpointError naming it
@@ -193,6 +194,8 @@ class HieraDetCheckpointer(DetectionCheckpointer):
             part = _split_by_prefix(sd, prefix)
             if part and (meta is None or meta.get("prefix") == prefix):
                 check_backbone_state_dict(arch, module, part, meta, where=prefix)
+                if meta is not None:
+                    check_model_layout(record_from_metadata(meta), arch, module, prefix, self._source)
         checkpoint["model"] = sd
         return meta
 
@@ -213,13 +216,17 @@ class HieraDetCheckpointer(DetectionCheckpointer):
         if meta is not None and meta.get("prefix") is not None:
             prefix = meta["prefix"]
             unexpected = [k for k in incompatible.unexpected_keys if k.startswith(prefix)]
+            trained = meta.get("kind") == "trained"
             missing = [
-                k for k in incompatible.missing_keys if k.startswith(prefix) and not is_new_by_design(k[len(prefix) :])
+                k
+                for k in incompatible.missing_keys
+                if k.startswith(prefix) and (trained or not is_new_by_design(k[len(prefix) :]))
             ]
-            if unexpected or missing:
+            reshaped = [k for k, *_ in incompatible.incorrect_shapes if k.startswith(prefix)]
+            if unexpected or missing or reshaped:
                 raise CheckpointError(
                     f"checkpoint does not match the backbone at '{prefix.rstrip('.')}': "
-                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {reshaped[:5]}"
                 )
         return incompatible
 
@@ -254,6 +261,7 @@ def load_backbone_checkpoint(backbone: nn.Module, checkpoint, allow_pickle: bool
     if meta.get("arch") != arch:
         raise CheckpointError(f"{source} holds {meta.get('arch')} weights but the backbone is a {arch}")
     check_backbone_state_dict(arch, backbone, sd, meta)
+    check_model_layout(record_from_metadata(meta), arch, backbone, "", source)
     missing, unexpected = backbone.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not is_new_by_design(k)]
     if bad or unexpected:

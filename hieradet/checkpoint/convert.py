@@ -24,6 +24,7 @@ Classifier heads, final norms, MAE decoders and mask tokens are dropped; timm's 
 (``ls1.gamma``/``ls2.gamma``) is folded into the preceding ``attn.proj``/``mlp.fc2`` (exact up to rounding).
 """
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,12 +33,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .io import CheckpointError, unwrap_state_dict
+from .keymaps import grid_from_tokens, is_pretraining_key, map_official_hivit_keys, official_hivit_layout
 
 __all__ = [
     "SOURCE_FORMATS",
     "ConversionResult",
     "grid_from_tokens",
-    "official_hiera_to_hieradet",
     "vit_to_abswin_vit",
     "detect_format",
     "convert_state_dict",
@@ -46,6 +47,7 @@ __all__ = [
     "backbone_classes",
     "is_new_by_design",
     "config_overrides",
+    "checkpoint_layout_from_conversion",
     "METADATA_KEY",
     "summarize",
 ]
@@ -62,19 +64,6 @@ SOURCE_FORMATS = {
     "hivit": "official HiViT (zhangxiaosong18/hivit)",
 }
 
-# keys that belong to pretraining or classification only
-_DROP_EXACT = ("cls_token", "dist_token", "reg_token", "mask_token")
-_DROP_PREFIXES = (
-    "head.",
-    "head_dist.",
-    "norm.",
-    "fc_norm.",
-    "encoder_norm.",
-    "pre_logits.",
-    "decoder",  # decoder_embed, decoder_blocks, decoder_norm, decoder_pred, decoder_pos_embed
-    "multi_scale_fusion_heads.",
-    "pred.",
-)
 _SAM2_TRUNK = "image_encoder.trunk."
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _HIVIT_MERGE = re.compile(r"^blocks\.\d+\.reduction\.weight$")
@@ -132,39 +121,11 @@ class ConversionResult:
     notes: List[str] = field(default_factory=list)
 
 
-def grid_from_tokens(pos_embed: torch.Tensor, num_prefix_tokens: int = 0) -> torch.Tensor:
-    """(1, [prefix +] h*w, C) token embedding -> (1, C, h, w) grid (square grids only)."""
-    if pos_embed.dim() != 3:
-        raise ValueError(f"expected a (1, N, C) position embedding, got shape {tuple(pos_embed.shape)}")
-    tokens = pos_embed[:, num_prefix_tokens:]
-    side = math.isqrt(tokens.shape[1])
-    if side * side != tokens.shape[1]:
-        raise ValueError(f"position embedding with {tokens.shape[1]} tokens is not a square grid")
-    return tokens.reshape(1, side, side, -1).permute(0, 3, 1, 2).contiguous()
-
-
-def official_hiera_to_hieradet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Official Hiera (``hiera-transformer``) classification weights -> :class:`HieraDet` weights.
-
-    The full 56x56 ``pos_embed`` becomes the tiled window embedding (configure the backbone with
-    ``pos_embed_window=56, pos_embed_global=None``); ``norm`` and ``head`` (the classifier) are dropped.
-    """
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith(("head.", "norm.")):
-            continue
-        if k == "pos_embed":
-            out["pos_embed.window_embed"] = grid_from_tokens(v)
-        else:
-            out[k] = v
-    return out
-
-
 def vit_to_abswin_vit(state_dict: Dict[str, torch.Tensor], has_cls_token: bool = True) -> Dict[str, torch.Tensor]:
     """MAE / detectron2 ViT weights -> :class:`ViT` weights: the pretrained grid becomes the window tile."""
     out = {}
     for k, v in state_dict.items():
-        if k in ("cls_token", "mask_token") or k.startswith(("head.", "fc_norm.", "norm.", "decoder", "mask_token")):
+        if is_pretraining_key(k):
             continue
         if k == "pos_embed":
             out["pos_embed.window_embed"] = grid_from_tokens(v, 1 if has_cls_token else 0)
@@ -244,10 +205,6 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # conversion
-
-
-def _drop(key: str) -> bool:
-    return key in _DROP_EXACT or key.startswith(_DROP_PREFIXES)
 
 
 def _fold_layer_scale(sd: Dict[str, torch.Tensor], folded: List[str]) -> Dict[str, torch.Tensor]:
@@ -330,7 +287,7 @@ def _convert_hiera(sd: Dict[str, torch.Tensor], fmt: str, res_args: Dict[str, An
                 glob = v
                 renamed.append((k, "pos_embed.global_embed"))
             continue
-        if _drop(k):
+        if is_pretraining_key(k):
             dropped.append(k)
             continue
         new = k.replace(".mlp.layers.0.", ".mlp.fc1.").replace(".mlp.layers.1.", ".mlp.fc2.")
@@ -447,7 +404,7 @@ def _convert_vit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> Conve
         if k == "pos_embed":
             out["pos_embed.window_embed"] = grid_from_tokens(v, prefix_tokens)
             renamed.append((k, "pos_embed.window_embed"))
-        elif _drop(k):
+        elif is_pretraining_key(k):
             dropped.append(k)
         else:
             out[k] = v
@@ -500,10 +457,9 @@ def _convert_vit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> Conve
 
 def _convert_hivit(sd: Dict[str, torch.Tensor], res_args: Dict[str, Any]) -> ConversionResult:
     from ..modeling.hivit import HIVIT_SIZES, hivit_kwargs
-    from .hivit import _map_official_keys, official_hivit_layout
 
     layout = official_hivit_layout(sd)
-    out, renamed, dropped, unknown = _map_official_keys(sd)
+    out, renamed, dropped, unknown = map_official_hivit_keys(sd)
     out.update({k: sd[k] for k in unknown})  # kept under their names: the check against the model refuses them
     embed_dim, depths = layout["embed_dim"], tuple(layout["depths"])
     grid = int(out["pos_embed.window_embed"].shape[-1])
@@ -625,6 +581,8 @@ def convert_state_dict(
     """
     from ..modeling.pos_embed import POS_EMBED_MODES
 
+    if pos_embed == "auto":  # the source's natural mode
+        pos_embed = None
     if pos_embed is not None and pos_embed not in POS_EMBED_MODES:
         raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES} or None, got {pos_embed!r}")
     if source != "auto" and source not in SOURCE_FORMATS:
@@ -684,8 +642,10 @@ def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] =
         prefix = default_prefix(result.arch)
     if prefix and not prefix.endswith("."):
         prefix += "."
+    layout, architecture = checkpoint_layout_from_conversion(result)
     meta = {
-        "version": 1,
+        "version": 2,
+        "kind": "converted",
         "source_format": result.source_format,
         "source_file": source_file,
         "arch": result.arch,
@@ -695,8 +655,41 @@ def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] =
         "embed_kwargs": _plain(result.embed_kwargs),
         "embed_shapes": {k: list(v) for k, v in result.embed_after.items()},
         "new_keys": list(result.new_keys),
+        "architecture": architecture,
+        "layout": layout,
     }
     return {"model": {prefix + k: v for k, v in result.state_dict.items()}, METADATA_KEY: meta}
+
+
+def checkpoint_layout_from_conversion(result: ConversionResult) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(layout, architecture)`` of converted weights: what the source fixes (its natural mode, the embedding
+    grids, the pretraining size, windows that line up with the pretraining tile, SAM 2's global blocks)."""
+    kw = result.backbone_kwargs
+    cls = backbone_classes()[result.arch]
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    layout: Dict[str, Any] = {"pretrain_img_size": kw["pretrain_img_size"], "pos_embed": kw["pos_embed"]}
+    if result.arch == "HieraDet":
+        layout.update(
+            pos_embed_window=kw.get("pos_embed_window"),
+            pos_embed_global=kw.get("pos_embed_global"),
+            pos_embed_antialias=bool(kw.get("pos_embed_antialias", False)),
+            window_size=_plain_value(kw.get("window_size", defaults["window_size"])),
+        )
+        if result.source_format in ("sam2", "timm_hieradet"):  # SAM 2 fixes its global blocks
+            layout["global_blocks"] = _plain_value(kw["global_blocks"])
+        if kw.get("expand_proj", True) is False:
+            layout["expand_proj"] = False
+        architecture = dict(embed_dim=kw["embed_dim"], stages=_plain_value(kw["stages"]))
+    else:
+        patch = kw.get("patch_size", defaults["patch_size"])
+        layout.update(patch_size=patch, window_size=kw["pretrain_img_size"] // patch)  # the grid is the tile
+        key = "depth" if result.arch == "ViT" else "depths"
+        architecture = {"embed_dim": kw["embed_dim"], key: _plain_value(kw[key])}
+    return {k: _plain_value(v) for k, v in layout.items()}, architecture
+
+
+def _plain_value(v: Any) -> Any:
+    return [_plain_value(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def _plain(d: Mapping[str, Any]) -> Dict[str, Any]:

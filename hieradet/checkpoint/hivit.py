@@ -25,14 +25,14 @@ it, ``rpe=False``, and their MAE checkpoints have none.)
 """
 
 import logging
-import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .convert import build_converted_checkpoint, convert_state_dict, grid_from_tokens
+from .convert import build_converted_checkpoint, convert_state_dict
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .keymaps import map_official_hivit_keys, official_hivit_layout
 
 __all__ = [
     "official_hivit_to_hivit",
@@ -47,119 +47,11 @@ logger = logging.getLogger(__name__)
 # where the HiViT sits in the project's Mask R-CNN / Cascade configs (FPN.bottom_up)
 HIVIT_PREFIX = "backbone.bottom_up."
 
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_DROP_PREFIXES = ("head.", "fc_norm.", "norm.", "decoder", "mask_token")
-_DROP_SUFFIXES = ("relative_position_bias_table", "relative_position_index")
-
 
 def _state_dict(checkpoint: Union[str, Dict[str, Any]]) -> Dict[str, torch.Tensor]:
     if isinstance(checkpoint, str):
         return unwrap_state_dict(load_checkpoint_file(checkpoint), checkpoint)[0]
     return unwrap_state_dict(checkpoint)[0]
-
-
-def official_hivit_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, object]:
-    """Reads the architecture of an official HiViT state dict from its keys and shapes.
-
-    Returns a dict with ``embed_dim`` (main-stage width), ``depths`` (Tab. 7 blocks per stage),
-    ``main_heads`` (from the relative position bias tables, ``None`` when the checkpoint has none),
-    ``pretrain_grid`` (side of the ``absolute_pos_embed`` grid, ``None`` when absent) and
-    ``kinds``: for every official block index, ``"mlp"``, ``"merge"`` or ``"main"``.
-
-    Raises:
-        CheckpointError: the keys are not those of an official HiViT (no ``blocks.*``, not two merges, ...).
-    """
-    kinds: Dict[int, str] = {}
-    for k in state_dict:
-        m = _BLOCK_KEY.match(k)
-        if not m:
-            continue
-        i, rest = int(m.group(1)), m.group(2)
-        if rest.startswith("reduction."):
-            kinds[i] = "merge"
-        elif rest.startswith("attn."):
-            kinds[i] = "main"
-        else:
-            kinds.setdefault(i, "mlp")
-    if not kinds:
-        raise CheckpointError("not an official HiViT checkpoint: it has no 'blocks.N.*' keys")
-    order = [kinds.get(i) for i in range(max(kinds) + 1)]
-    if None in order:
-        raise CheckpointError(
-            f"official HiViT checkpoint is missing block {order.index(None)} (block indexes must be dense)"
-        )
-    merges = [i for i, kind in enumerate(order) if kind == "merge"]
-    if len(merges) != 2:
-        raise CheckpointError(
-            "not an official 3-stage HiViT checkpoint: expected 2 patch merges ('blocks.N.reduction'), "
-            f"found {len(merges)}"
-        )
-    stem1, stem2, main = order[: merges[0]], order[merges[0] + 1 : merges[1]], order[merges[1] + 1 :]
-    if set(stem1 + stem2) != {"mlp"} or set(main) != {"main"}:
-        raise CheckpointError(
-            "official HiViT block order must be MLP blocks, merge, MLP blocks, merge, attention blocks; got "
-            + ",".join(k[0] for k in order)
-        )
-    if len(stem1) % 2 or len(stem2) % 2:
-        raise CheckpointError(
-            f"stem stages must have an even number of MLP blocks (2 per block), got {len(stem1)}, {len(stem2)}"
-        )
-    embed_dim = state_dict[f"blocks.{merges[1]}.reduction.weight"].shape[0]
-    table = state_dict.get(f"blocks.{merges[1] + 1}.attn.relative_position_bias_table")
-    pos = state_dict.get("absolute_pos_embed")
-    grid = None
-    if pos is not None:
-        grid = grid_from_tokens(pos).shape[-1]
-    return {
-        "embed_dim": int(embed_dim),
-        "depths": (len(stem1) // 2, len(stem2) // 2, len(main)),
-        "main_heads": None if table is None else int(table.shape[-1]),
-        "pretrain_grid": grid,
-        "kinds": order,
-    }
-
-
-def _map_official_keys(
-    state_dict: Dict[str, torch.Tensor],
-) -> Tuple[Dict[str, torch.Tensor], List[Tuple[str, str]], List[str], List[str]]:
-    """The key map of :func:`official_hivit_to_hivit`: (converted, renamed pairs, dropped keys, unknown keys)."""
-    kinds: List[str] = official_hivit_layout(state_dict)["kinds"]
-    prefix: Dict[int, str] = {}  # official block index -> our module prefix
-    stage, counts = 1, {1: 0, 2: 0, 3: 0}
-    for i, kind in enumerate(kinds):
-        if kind == "merge":
-            prefix[i] = f"patch_embed.merge{stage}."
-            stage += 1
-        else:
-            prefix[i] = f"patch_embed.stage{stage}.{counts[stage]}." if kind == "mlp" else f"blocks.{counts[3]}."
-            counts[stage] += 1
-
-    out: Dict[str, torch.Tensor] = {}
-    renamed: List[Tuple[str, str]] = []
-    dropped, unknown = [], []
-    for k, v in state_dict.items():
-        if k.startswith(_DROP_PREFIXES) or k.endswith(_DROP_SUFFIXES):
-            dropped.append(k)
-        elif k.startswith(("patch_embed.proj.", "patch_embed.norm.")):
-            out[k] = v
-        elif k == "absolute_pos_embed":
-            out["pos_embed.window_embed"] = grid_from_tokens(v)
-            renamed.append((k, "pos_embed.window_embed"))
-        else:
-            m = _BLOCK_KEY.match(k)
-            rest = m.group(2) if m else ""
-            if m and kinds[int(m.group(1))] == "mlp":
-                if rest.startswith("norm2."):  # an attention-free block keeps only its second norm
-                    rest = "norm." + rest[len("norm2.") :]
-                elif not rest.startswith("mlp."):
-                    m = None
-            if m:
-                out[prefix[int(m.group(1))] + rest] = v
-                if prefix[int(m.group(1))] + rest != k:
-                    renamed.append((k, prefix[int(m.group(1))] + rest))
-            else:
-                unknown.append(k)
-    return out, renamed, dropped, unknown
 
 
 def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -172,7 +64,7 @@ def official_hivit_to_hivit(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
     Raises:
         CheckpointError: the keys are not those of an official 3-stage HiViT.
     """
-    out, _, dropped, unknown = _map_official_keys(_state_dict(state_dict))
+    out, _, dropped, unknown = map_official_hivit_keys(_state_dict(state_dict))
     if dropped:
         logger.info("HiViT conversion dropped %d keys (classifier, MAE decoder, relative position bias)", len(dropped))
     if unknown:

@@ -14,10 +14,14 @@ Besides detectron2's loop, ``do_train``:
   loader, registers :class:`hieradet.utils.resume.DeterministicResumeHook`, so ``--resume`` continues
   the data stream (and, with ``num_workers=0`` and no aspect-ratio grouping, repeats the losses exactly);
 * wraps the model in DDP without ``device_ids`` on the CPU (gloo), which detectron2's
-  ``create_ddp_model`` would set to the local rank.
+  ``create_ddp_model`` would set to the local rank;
+* builds the backbone with the layout of the weights it will load (:func:`checkpoint_for_layout`,
+  :func:`hieradet.checkpoint.apply_checkpoint_layout`): ``train.init_checkpoint``, or with ``resume`` the last
+  checkpoint in ``train.output_dir``, whose recorded layout wins.
 """
 
 import logging
+import os
 from typing import Dict, Optional
 
 import torch
@@ -28,7 +32,7 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
-from hieradet.checkpoint import HieraDetCheckpointer
+from hieradet.checkpoint import HieraDetCheckpointer, apply_checkpoint_layout
 from hieradet.engine.box_only import auto_box_only
 from hieradet.engine.guards import install_input_guard
 from hieradet.solver.recipes import apply_total_batch_size
@@ -36,7 +40,7 @@ from hieradet.utils.resume import DeterministicResumeHook, find_sampler
 
 from .datasets import check_datasets, config_dataset_names
 
-__all__ = ["build_model", "do_test", "do_train", "load_for_eval"]
+__all__ = ["build_model", "checkpoint_for_layout", "do_test", "do_train", "load_for_eval"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,28 @@ def build_model(cfg) -> torch.nn.Module:
     model = instantiate(cfg.model)
     install_input_guard(model)
     return model.to(device)
+
+
+def checkpoint_for_layout(cfg, resume: bool = False) -> Optional[str]:
+    """The file whose weights ``do_train(cfg, resume)`` will load: with ``resume`` the last checkpoint in
+    ``train.output_dir`` when there is one (as detectron2's ``resume_or_load`` decides), else
+    ``train.init_checkpoint``; None when neither is set."""
+    if resume:
+        from detectron2.utils.file_io import PathManager
+
+        marker = os.path.join(cfg.train.output_dir, "last_checkpoint")
+        if PathManager.exists(marker):
+            with PathManager.open(marker) as f:
+                name = f.read().strip()
+            if name:
+                return os.path.join(cfg.train.output_dir, name)
+    return cfg.train.init_checkpoint or None
+
+
+def _apply_layout(cfg, path: Optional[str]) -> None:
+    if path:
+        log = None if comm.is_main_process() else (lambda _: None)
+        apply_checkpoint_layout(cfg, path, log=log)
 
 
 def _check_trainable(cfg) -> None:
@@ -137,6 +163,7 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
         raise ValueError(f"train.max_iter must be positive, got {cfg.train.max_iter}")
     _check_trainable(cfg)
     check_datasets(config_dataset_names(cfg))
+    _apply_layout(cfg, checkpoint_for_layout(cfg, resume))
     _auto_box_only(cfg)
     model = build_model(cfg)
     logger.info("Model:\n%s", model)
@@ -205,8 +232,10 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
 
 
 def load_for_eval(cfg, model: Optional[torch.nn.Module] = None) -> torch.nn.Module:
-    """Builds the model (unless given) and loads ``train.init_checkpoint`` into it for evaluation."""
+    """Builds the model (unless given) with the layout ``train.init_checkpoint`` records
+    (:func:`hieradet.checkpoint.apply_checkpoint_layout`) and loads those weights into it for evaluation."""
     if model is None:
+        _apply_layout(cfg, cfg.train.init_checkpoint)
         model = build_model(cfg)
     model = _wrap_ddp(cfg, model)
     HieraDetCheckpointer(model).load(cfg.train.init_checkpoint)

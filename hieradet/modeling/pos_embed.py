@@ -20,6 +20,9 @@ the embedding every pretrained window saw. How it is brought to a feature map of
     (what Hiera-abs-win classification, timm and SAM 2 do).
 ``"interpolate"``
     the bugged baseline: the pretrain embedding is bicubic-interpolated to the map (Hiera, ViTDet).
+``"auto"``
+    the loaded checkpoint's natural mode: :func:`hieradet.checkpoint.apply_checkpoint_layout` replaces it
+    in the config before the model is built; a model built with it (no checkpoint) runs as ``"abswin"``.
 
 An original Hiera (a full 56x56 grid) or an MAE ViT (its 14x14 grid) is expressed as
 ``window_size=pretrain_size, global_size=None``: the grid is the tile.
@@ -39,7 +42,7 @@ from torch import nn
 
 __all__ = ["AbsWinPosEmbed", "tile_embed", "interpolate_embed", "check_window_alignment", "POS_EMBED_MODES"]
 
-POS_EMBED_MODES = ("abswin", "abswin_single", "interpolate")
+POS_EMBED_MODES = ("abswin", "abswin_single", "interpolate", "auto")
 
 
 def _pair(x) -> Optional[Tuple[int, int]]:
@@ -74,7 +77,7 @@ class AbsWinPosEmbed(nn.Module):
         pretrain_size (int or tuple): token grid of the pretraining resolution.
         window_size (int or tuple or None): size of the tiled ``window_embed``; ``None`` for none.
         global_size (int or tuple or None): size of the interpolated ``global_embed``; ``None`` for none.
-        mode (str): one of ``"abswin"``, ``"abswin_single"``, ``"interpolate"`` (see the module doc).
+        mode (str): one of ``"abswin"``, ``"abswin_single"``, ``"interpolate"``, ``"auto"`` (see the module doc).
         antialias (bool): antialiased bicubic for ``global_embed`` when it is downsampled. timm's
             abs-win Hiera uses ``True``, SAM 2 and the original models ``False`` (our default); the two
             differ numerically, so a checkpoint should be run in the mode it was trained with.

@@ -19,7 +19,7 @@ model.backbone.net = L(ViT)(
     patch_size=16,
     window_size=14,
     relpos="global",
-    pos_embed="abswin",
+    pos_embed="auto",  # the checkpoint's natural mode (hieradet.checkpoint.apply_checkpoint_layout)
     use_act_checkpoint=False,
     out_feature="last_feat",
 )
