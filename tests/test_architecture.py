@@ -18,7 +18,6 @@ TOOLS = sorted(
     + [os.path.join("projects", "HiViT", "tools", f) for f in os.listdir(os.path.join(ROOT, "projects/HiViT/tools"))]
 )
 # tools owned by the checkpoint-layout work, which removes their sys.path edits (drop the marks when merged)
-_SYS_PATH_PENDING = {os.path.join("tools", "demo.py"), os.path.join("tools", "convert_checkpoint.py")}
 
 
 def _modules():
@@ -106,15 +105,7 @@ def test_tools_import_the_library_not_each_other():
         assert not imported & tool_names, (tool, imported & tool_names)
 
 
-@pytest.mark.parametrize(
-    "tool",
-    [
-        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason="sys.path edit removed by the layout branch"))
-        if t in _SYS_PATH_PENDING
-        else t
-        for t in TOOLS
-    ],
-)
+@pytest.mark.parametrize("tool", TOOLS)
 def test_tools_leave_sys_path_alone(tool):
     assert "sys.path" not in open(os.path.join(ROOT, tool)).read()
 

@@ -243,11 +243,12 @@ def test_isolate_child_settings_carry_the_options(cli):
     args = cli.get_parser().parse_args(
         ["m", "--part=model", "--size=320", "--batch=2", "--dtype=bf16", "--iters=3", "--warmup=1", "--discard=0.5"]
         + ["--threads=2", "--timer=cpu", "--seed=7", "--no-full-detections", "--opts", "model.x=1", "--json=x"]
+        + ["--weights=w.pth"]
     )
     settings = bench.child_settings(args)
     assert settings == dict(
         part="model", size=320, batch=2, dtype="bf16", device=args.device, iters=3, warmup=1, discard=0.5,
-        threads=2, timer="cpu", seed=7, no_full_detections=True, opts=["model.x=1"],
+        threads=2, timer="cpu", seed=7, no_full_detections=True, opts=["model.x=1"], model="m", weights="w.pth",
     )  # fmt: skip
     assert json.loads(json.dumps(settings)) == settings  # passed to the child process as JSON
     with pytest.raises(SystemExit):
@@ -320,3 +321,30 @@ def test_model_zoo_names_and_the_config_hook():
     assert cfg.model.backbone.bottom_up.embed_dim == 16
     with pytest.raises(FileNotFoundError, match="neither a file nor a model-zoo name"):
         bench.load_config("COCO/no_such_config.py")
+
+
+def test_weights_set_the_layout_and_are_loaded(tmp_path):
+    """``--weights``: the checkpoint's recorded layout is applied to the config before the model is built (a 56x56
+    full-grid embedding where the stock config has 8x8 + 7x7), and its weights are loaded."""
+    from detectron2.config import instantiate
+
+    from hieradet.benchmark.models import bottom_up
+    from hieradet.checkpoint import HieraDetCheckpointer
+
+    tiny = ["model.backbone.bottom_up.embed_dim=16", "model.backbone.bottom_up.stages=[1,1,2,1]"]
+    tiny += ["model.backbone.bottom_up.global_blocks=[3]"]
+    name = "COCO/mask_rcnn_hieradet_t_100ep.py"
+    full_grid = ["model.backbone.bottom_up.pos_embed_window=56", "model.backbone.bottom_up.pos_embed_global=null"]
+    torch.manual_seed(1)
+    source = instantiate(bench.load_config(name, tiny + full_grid).model)
+    HieraDetCheckpointer(source, str(tmp_path)).save("trained")
+    path = str(tmp_path / "trained.pth")
+
+    plain = bench.build(name, part="model", img_size=64, opts=tiny)
+    assert tuple(bottom_up(plain.module).pos_embed.window_embed.shape[-2:]) == (8, 8)
+    loaded = bench.build(name, part="model", img_size=64, opts=tiny, weights=path)
+    pe = bottom_up(loaded.module).pos_embed
+    assert tuple(pe.window_embed.shape[-2:]) == (56, 56) and pe.global_embed is None
+    assert torch.equal(pe.window_embed, bottom_up(source).pos_embed.window_embed)
+    with pytest.raises(ValueError, match="need a LazyConfig"):
+        bench.build("hieradet-t", weights=path)

@@ -119,6 +119,18 @@ def test_missing_config_file_is_an_error(load_tool, tmp_path):
         tool.main(args)
 
 
+def test_config_file_may_be_a_model_zoo_name(load_tool, tmp_path):
+    tool = load_tool("lazyconfig_train_net")
+    args = tool.build_parser().parse_args(
+        ["--config-file", "COCO/mask_rcnn_hieradet_t_100ep.py", f"train.output_dir={tmp_path}"]
+    )
+    cfg = tool.setup(args)
+    assert tuple(cfg.model.backbone.bottom_up.stages) == (1, 2, 7, 2)
+    args = tool.build_parser().parse_args(["--config-file", "COCO/no_such_recipe.py"])
+    with pytest.raises(FileNotFoundError, match="nor is it a hieradet.model_zoo name"):
+        tool.setup(args)
+
+
 def test_missing_builtin_dataset_names_the_expected_path(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "no_datasets_here"), PYTHONWARNINGS="ignore")
     proc = subprocess.run(

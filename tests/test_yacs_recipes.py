@@ -4,6 +4,7 @@ The yacs side is ``add_hieradet_config`` + the registry builders + ``build_recip
 left at ``-1`` (the size's default); the LazyConfig side is the size's COCO config in ``configs/COCO``.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,21 @@ def test_yacs_and_lazyconfig_build_the_same_drop_path_and_embedding(family, size
 
 
 def test_yacs_pretraining_size_and_antialias_reach_the_model():
+    """The layout of timm's hiera_small_abswin_256 (at T's size) through the yacs keys."""
     cfg = _yacs("hieradet", "T")
     cfg.MODEL.HIERADET.IMG_SIZE = 256
     cfg.MODEL.HIERADET.PRETRAIN_IMG_SIZE = 256
+    cfg.MODEL.HIERADET.WINDOW_SIZE = [8, 4, 16, 8]  # 256 px windows, one pretraining tile each
     cfg.MODEL.HIERADET.POS_EMBED_GLOBAL = 16
     cfg.MODEL.HIERADET.POS_EMBED_ANTIALIAS = True
+    cfg.MODEL.HIERADET.EXPAND_PROJ = False
     net = BACKBONE_REGISTRY.get("build_hieradet_backbone")(cfg, ShapeSpec(channels=3))
     assert net.pos_embed.antialias is True
     assert tuple(net.pos_embed.global_embed.shape[-2:]) == (16, 16)
+    assert not [n for n, _ in net.named_parameters() if re.fullmatch(r"blocks\.\d+\.proj\.weight", n)]
+    cfg.MODEL.HIERADET.WINDOW_SIZE = [8, 4, 14, 7]
+    with pytest.raises(ValueError, match="line up with the tiles"):
+        BACKBONE_REGISTRY.get("build_hieradet_backbone")(cfg, ShapeSpec(channels=3))
     with torch.no_grad():
         assert net(torch.randn(1, 3, 256, 256))["scale5"].shape[-1] == 8
 

@@ -33,15 +33,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--size", type=int, default=1024, help="square image side (px)")
     ap.add_argument("--depth", type=int, default=1, help="module depth of the per-module tables")
     ap.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides key=value (config files)")
+    ap.add_argument("--weights", help="checkpoint of the (single) config model: its layout is applied, weights loaded")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
+    if args.weights and len(args.models) != 1:
+        ap.error("--weights goes with exactly one model")
     if args.size < 1:
         ap.error(f"--size must be >= 1, got {args.size}")
 
     torch.manual_seed(0)
     results = {"size": args.size, "part": args.part, "models": []}
     for spec in args.models:
-        m = build(spec, args.part, args.size, args.opts)
+        m = build(spec, args.part, args.size, args.opts, weights=args.weights)
         entry = {"name": spec}
         print(f"== {spec} ({args.part}, {args.size}x{args.size}) ==")
         if "parameter" in args.tasks:

@@ -67,6 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--matmul-peak", action="store_true", help="also measure this machine's matmul GFLOP/s")
     ap.add_argument("--no-full-detections", action="store_true", help="keep the config's score threshold")
     ap.add_argument("--opts", nargs="*", default=[], help="LazyConfig overrides key=value (config files)")
+    ap.add_argument("--weights", help="checkpoint of the first model (a config): its layout is applied, weights loaded")
     ap.add_argument("--isolate", action="store_true", help="each model in a fresh process of its own")
     ap.add_argument("--rounds", type=int, default=2, help="--isolate: processes per model, in turn")
     ap.add_argument("--seed", type=int, default=0)

@@ -23,11 +23,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from hieradet.checkpoint import (  # noqa: E402
+from hieradet.checkpoint import (
     METADATA_KEY,
     SOURCE_FORMATS,
     CheckpointError,

@@ -108,7 +108,9 @@ def _output_path(out_dir: str, path: str, used: set) -> str:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config-file", required=True, help="LazyConfig (.py or .yaml) defining `model`")
+    p.add_argument(
+        "--config-file", required=True, help="LazyConfig (.py or .yaml) defining `model`, or a hieradet.model_zoo name"
+    )
     p.add_argument("--checkpoint", help="model weights (default: the config's train.init_checkpoint, if any)")
     p.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     p.add_argument("--output", required=True, help="folder for the PNGs (created)")
@@ -136,15 +138,19 @@ def run(args) -> List[dict]:
     from detectron2.config import LazyConfig
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    if not os.path.isfile(args.config_file):
-        raise DemoError(f"config file not found: {args.config_file}")
+    from hieradet.model_zoo import resolve_config_path
+
+    try:
+        config_file = resolve_config_path(args.config_file)
+    except FileNotFoundError:
+        raise DemoError(f"config file not found: {args.config_file} (neither a file nor a model_zoo name)") from None
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise DemoError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise DemoError("--device cuda given but no CUDA device is available; use --device cpu")
     images = collect_images(args.input)
     try:
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), list(args.opts or []))
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(args.opts or []))
     except Exception as e:
         raise DemoError(f"cannot load config {args.config_file}: {type(e).__name__}: {e}") from e
     if "model" not in cfg:

@@ -11,10 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from hieradet.solver.recipe_table import recipe_table, replace_table
 
-from hieradet.solver.recipe_table import recipe_table, replace_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():

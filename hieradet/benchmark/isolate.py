@@ -17,13 +17,13 @@ __all__ = ["CHILD_SETTINGS", "child_settings", "isolated_times", "time_in_this_p
 # the settings a child process needs to time one model like the parent would
 CHILD_SETTINGS = (
     "part", "size", "batch", "dtype", "device", "iters", "warmup", "discard", "threads", "timer", "seed",
-    "no_full_detections", "opts",
+    "no_full_detections", "opts", "model", "weights",
 )  # fmt: skip
 
 
 def child_settings(args) -> Dict[str, object]:
     """The :data:`CHILD_SETTINGS` of parsed command-line ``args`` (an ``argparse.Namespace``), as a dict."""
-    return {k: getattr(args, k) for k in CHILD_SETTINGS}
+    return {k: getattr(args, k, None) for k in CHILD_SETTINGS}
 
 
 def time_in_this_process(spec: str, settings: Dict[str, object]) -> Dict[str, object]:
@@ -38,7 +38,8 @@ def time_in_this_process(spec: str, settings: Dict[str, object]) -> Dict[str, ob
     if s["threads"]:
         torch.set_num_threads(s["threads"])
     torch.manual_seed(s["seed"])
-    model = build(spec, s["part"], s["size"], s["opts"], full_detections=not s["no_full_detections"])
+    weights = s.get("weights") if spec == s.get("model") else None  # --weights belong to the first model
+    model = build(spec, s["part"], s["size"], s["opts"], not s["no_full_detections"], weights)
     (times,) = time_inference([model], s["batch"], s["iters"], s["warmup"], s["device"], s["dtype"], s["timer"])
     kept = times[int(len(times) * s["discard"]) :]
     return {

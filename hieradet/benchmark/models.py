@@ -1,6 +1,6 @@
 """Models to time: a preset or LazyConfig built as a backbone or a whole detector, with matching inputs."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -55,18 +55,22 @@ class Benchmarked:
         return self.module(inputs)
 
 
-def prepare_config(cfg):
+def prepare_config(cfg, weights: Optional[str] = None):
     """Adjusts a loaded LazyConfig before its model is built; returns it.
 
-    This is where weights given for a config will set the checkpoint's position-embedding layout
-    (``hieradet.checkpoint.apply_checkpoint_layout(cfg, path)``), so that the timed model is the one those
-    weights need. Today the benchmark builds random-init models and nothing changes.
+    With ``weights``, the checkpoint's position-embedding layout is set on the config
+    (:func:`hieradet.checkpoint.apply_checkpoint_layout`), so that the timed model is the one those weights need.
     """
+    if weights:
+        from hieradet.checkpoint import apply_checkpoint_layout
+
+        cfg = apply_checkpoint_layout(cfg, weights)
     return cfg
 
 
-def load_config(path: str, opts: Sequence[str] = ()):
-    """Loads LazyConfig ``path`` (a file or a :mod:`hieradet.model_zoo` name) with ``key=value`` overrides."""
+def load_config(path: str, opts: Sequence[str] = (), weights: Optional[str] = None):
+    """Loads LazyConfig ``path`` (a file or a :mod:`hieradet.model_zoo` name) with ``key=value`` overrides, and
+    the layout of checkpoint ``weights`` if given."""
     from detectron2.config import LazyConfig
 
     from hieradet.model_zoo import resolve_config_path
@@ -77,7 +81,7 @@ def load_config(path: str, opts: Sequence[str] = ()):
         cfg = LazyConfig.apply_overrides(cfg, list(opts))
     if "model" not in cfg:
         raise KeyError(f"config {path!r} defines no `model`")
-    return prepare_config(cfg)
+    return prepare_config(cfg, weights)
 
 
 def bottom_up(model: nn.Module) -> nn.Module:
@@ -91,17 +95,30 @@ def bottom_up(model: nn.Module) -> nn.Module:
 
 
 def build(
-    spec: str, part: str = "backbone", img_size: int = 1024, opts: Sequence[str] = (), full_detections: bool = True
+    spec: str,
+    part: str = "backbone",
+    img_size: int = 1024,
+    opts: Sequence[str] = (),
+    full_detections: bool = True,
+    weights: Optional[str] = None,
 ) -> Benchmarked:
     """Builds preset or LazyConfig ``spec`` (random init) as a backbone (``part="backbone"``) or a whole detector
     (``part="model"``). ``full_detections`` sets a detector's score threshold to 0, so every image goes through
-    the mask head with the full detections (random weights would make the count, and the time, arbitrary)."""
+    the mask head with the full detections (random weights would make the count, and the time, arbitrary).
+    ``weights`` (LazyConfigs only): a checkpoint whose layout is applied to the config and whose weights are loaded
+    through :class:`hieradet.checkpoint.HieraDetCheckpointer`."""
     from detectron2.config import instantiate
 
     if part not in ("backbone", "model"):
         raise ValueError(f"part must be 'backbone' or 'model', got {part!r}")
+    if weights and not spec.endswith(".py"):
+        raise ValueError(f"weights={weights!r} need a LazyConfig (a .py file or model_zoo name), not preset {spec!r}")
     if spec.endswith(".py"):
-        model = instantiate(load_config(spec, opts).model)
+        model = instantiate(load_config(spec, opts, weights).model)
+        if weights:
+            from hieradet.checkpoint import HieraDetCheckpointer
+
+            HieraDetCheckpointer(model).load(weights)
     elif part == "backbone":
         return Benchmarked(spec, build_backbone(spec, img_size), "backbone", img_size)
     else:

@@ -40,12 +40,14 @@ def run_benchmark(args, command: str = "", log=print) -> dict:
     """Runs the benchmark ``args`` describe (the options of ``tools/benchmark.py``, as an ``argparse.Namespace``:
     ``model``, ``compare``, ``part``, ``size``, ``batch``, ``dtype``, ``device``, ``iters``, ``warmup``, ``discard``,
     ``threads``, ``timer``, ``seed``, ``train``, ``flops``, ``matmul_peak``, ``no_full_detections``, ``opts``,
-    ``isolate``, ``rounds``, ``json``) and returns the results; writes them to ``args.json`` if set."""
+    ``weights`` (optional), ``isolate``, ``rounds``, ``json``) and returns the results; writes them to ``args.json``
+    if set."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     specs = [args.model] + list(args.compare)
-    models = [build(s, args.part, args.size, args.opts, full_detections=not args.no_full_detections) for s in specs]
+    weights = [getattr(args, "weights", None)] + [None] * len(args.compare)  # --weights: the first model's
+    models = [build(s, args.part, args.size, args.opts, not args.no_full_detections, w) for s, w in zip(specs, weights)]
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine_description(args.device),

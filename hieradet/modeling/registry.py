@@ -53,11 +53,12 @@ def add_hieradet_config(cfg: CN) -> None:
     c.WINDOW_SIZE = [8, 4, 14, 7]
     c.GLOBAL_BLOCKS = []  # empty: the size's default (e.g. B: 12, 16, 20)
     c.RELPOS = "global"  # global | all | none
-    c.POS_EMBED = "abswin"  # abswin | abswin_single | interpolate
+    c.POS_EMBED = "auto"  # auto (the checkpoint's natural mode; abswin without one), abswin, abswin_single, interpolate
     c.POS_EMBED_WINDOW = 8  # 56 for an original Hiera checkpoint (its full grid is the tile)
     c.POS_EMBED_GLOBAL = 7  # 0 for none
     c.PRETRAIN_IMG_SIZE = 224  # image size of the pretrained model (timm's abs-win Hiera: 256)
     c.POS_EMBED_ANTIALIAS = False  # antialiased global-embedding interpolation (timm's abs-win Hiera: True)
+    c.EXPAND_PROJ = True  # False: stage transitions widen without a projection (timm's hiera_small_abswin_256)
     c.IMG_SIZE = 1024
     c.DROP_PATH_RATE = -1.0  # < 0: the size's default (Tab. 16: B 0.2, B+ 0.3, L 0.45, H 0.55)
     c.LR_DECAY_RATE = -1.0  # < 0: the size's default (Tab. 16: B/B+ 0.85, L 0.9, H 0.925); for build_recipe_optimizer
@@ -70,7 +71,7 @@ def add_hieradet_config(cfg: CN) -> None:
     v.SIZE = "B"  # B, L, H
     v.WINDOW_SIZE = 14
     v.RELPOS = "global"
-    v.POS_EMBED = "abswin"  # abswin | interpolate
+    v.POS_EMBED = "auto"  # auto (abswin unless the checkpoint was trained otherwise) | abswin | interpolate
     v.PRETRAIN_IMG_SIZE = 224  # image size of the pretrained ViT (224: a 14x14 grid)
     v.IMG_SIZE = 1024
     v.DROP_PATH_RATE = -1.0  # < 0: the size's default (ViTDet: B 0.1, L 0.4, H 0.5)
@@ -144,6 +145,7 @@ def _hieradet_from_cfg(cfg: CN) -> HieraDet:
         pos_embed_window=c.POS_EMBED_WINDOW or None,
         pos_embed_global=c.POS_EMBED_GLOBAL or None,
         pos_embed_antialias=c.POS_EMBED_ANTIALIAS,
+        expand_proj=c.EXPAND_PROJ,
         use_act_checkpoint=c.USE_ACT_CHECKPOINT,
         out_features=tuple(c.OUT_FEATURES),
     )
@@ -206,7 +208,7 @@ def add_hivit_config(cfg: CN) -> None:
     c.WINDOW_SIZE = 14
     c.GLOBAL_BLOCKS = []  # empty: 4 evenly spaced (B: 4, 9, 14, 19)
     c.RELPOS = "global"  # global | all | none
-    c.POS_EMBED = "abswin"  # abswin | interpolate
+    c.POS_EMBED = "auto"  # auto (abswin unless the checkpoint was trained otherwise) | abswin | interpolate
     c.IMG_SIZE = 1024
     c.DROP_PATH_RATE = -1.0  # < 0: the size's default (B: 0.2)
     c.USE_ACT_CHECKPOINT = False
