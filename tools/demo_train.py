@@ -166,9 +166,9 @@ def draw_predictions(cfg, model, val_name: str, out_png: str, num_images: int, s
 def run_demo(
     output_dir: str,
     config: str = DEFAULT_CONFIG,
-    num_train: int = 400,
+    num_train: int = 1000,
     num_val: int = 50,
-    image_size: int = 256,
+    image_size: int = 192,
     max_iter: int = None,
     data_dir: str = None,
     seed: int = 0,
@@ -221,7 +221,7 @@ def run_demo(
     logger.info("[2/4] training %d iterations on %d CPU threads (progress and eta every %d iterations)",
                 cfg.train.max_iter, torch.get_num_threads(), cfg.train.log_period)  # fmt: skip
     if not cfg.train.init_checkpoint:
-        logger.info("the model starts from random weights (nothing is downloaded); expect modest AP")
+        logger.info("the model starts from random weights (nothing is downloaded)")
     t1 = time.perf_counter()
     quiet = _DropRandomInitWarning()
     engine_logger = logging.getLogger("hieradet.engine.train_loop")
@@ -278,9 +278,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: OUTPUT_DIR/data)")
-    parser.add_argument("--num-train", type=int, default=400)
+    parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-val", type=int, default=50)
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=192)
     parser.add_argument("--max-iter", type=int, default=None, help="default: the config's train.max_iter")
     parser.add_argument("--num-vis", type=int, default=4, help="val images drawn in predictions.png")
     parser.add_argument("--vis-score", type=float, default=0.7, help="score threshold of predictions.png")
