@@ -3,11 +3,13 @@ last checkpoint, and with a fixed seed its losses equal an uninterrupted run's f
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -126,6 +128,7 @@ def test_resumed_losses_equal_an_uninterrupted_run(dataset, tmp_path):
 CONFIG = """
 import json
 import os
+import random
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetCatalog
@@ -272,11 +275,16 @@ def test_loader_restarts_from_its_state(mixed_shapes, num_workers, grouping):
     augmentations do not depend on the number of workers or on the caller's RNG."""
     names = mixed_shapes
     reference = _lsj_loader(names, 0, grouping)
+    torch.manual_seed(0)
+    rng = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     it = iter(reference)
     batches, states = [], []
     for _ in range(9):
         batches.append(_fingerprint(next(it)))
         states.append(reference.state_dict())
+    # creating and drawing from the loader leaves the caller's RNGs alone (a resumed first step draws the same)
+    assert torch.equal(torch.get_rng_state(), rng[0]) and (np.random.get_state()[1] == rng[1]).all()
+    assert random.getstate() == rng[2]
     if grouping:
         assert any(any(s["waiting"]) for s in states), "no image ever waited in a group: the test cannot fail"
     for k in (0, 3, 6):

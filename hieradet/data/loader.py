@@ -153,12 +153,16 @@ class ResumableTrainLoader:
             sampler=positions,
             num_workers=self.num_workers,
             collate_fn=_identity,
+            # its own generator: creating the iterator draws nothing from the global RNG
+            generator=torch.Generator().manual_seed(self.sampler.seed),
         )
+        # created here, not at the first next(): worker processes start when the caller iterates
+        return self._batches(iter(loader), start["next"], len(restored))
+
+    def _batches(self, items, next_local: int, n_restored: int) -> Iterator[List[dict]]:
         world, rank = self.sampler.world_size, self.sampler.rank
         groups: List[List[Tuple[int, int, dict]]] = [[], []]
-        next_local = start["next"]
-        n_restored = len(restored)
-        for k, (position, index, mapped) in enumerate(loader):
+        for k, (position, index, mapped) in enumerate(items):
             if k >= n_restored:
                 next_local = (position - rank) // world + 1
             g = (0 if mapped["width"] > mapped["height"] else 1) if self.aspect_ratio_grouping else 0
