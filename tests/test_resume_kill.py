@@ -77,8 +77,10 @@ def datasets(tmp_path_factory):
                 str(root), num_train=5, num_val=1, image_size=(h, w), seed=h, fmt=fmt, num_categories=3
             )
             name = f"kill_{fmt}_{h}x{w}"
-            extra += ["--dataset", f"{name}_train", files["train"], str(root / "train")]
-            extra += ["--dataset", f"{name}_val", files["val"], str(root / "val")]
+            # detectron2 finds an LVIS image under image_root by its coco_url's last two parts (split/file)
+            for split in ("train", "val"):
+                image_root = root if fmt == "lvis" else root / split
+                extra += ["--dataset", f"{name}_{split}", files[split], str(image_root)]
             names.append(name)
         args[fmt] = (names, extra)
     return args

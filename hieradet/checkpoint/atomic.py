@@ -133,7 +133,8 @@ def remove_partial_files(folder: str) -> list:
 
 class AtomicSaveMixin:
     """Checkpointer mixin: ``save`` writes ``NAME.pth`` and then ``last_checkpoint`` with :func:`atomic_open`,
-    and ``resume_or_load(resume=True)`` first removes the temporary files of a killed save.
+    and ``resume_or_load(resume=True)`` first removes the temporary files of a killed save (in the process that
+    saves, ``save_to_disk``).
 
     Put it after the checkpointer's own class and before detectron2's, e.g.
     ``class HieraDetCheckpointer(AtomicSaveMixin, DetectionCheckpointer)``: a subclass ``save`` that adds data
@@ -160,7 +161,7 @@ class AtomicSaveMixin:
             f.write(last_filename_basename)
 
     def resume_or_load(self, path: str, *, resume: bool = True):
-        if resume and self.save_dir:
+        if resume and self.save_dir and self.save_to_disk:  # the writing (main) process only
             remove_partial_files(self.save_dir)
         return super().resume_or_load(path, resume=resume)
 
