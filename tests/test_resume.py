@@ -103,6 +103,17 @@ def _trainer(dataset, tmp_path, seed=0):
     return trainer, ckpt, losses
 
 
+def test_hook_creates_the_loader_iterator_before_the_first_step(dataset, tmp_path):
+    """The iterator's creation draws from the global RNG (a loader without its own generator); it must happen in
+    before_train, not in the first step after the re-seed (it did in the first step: 6.7e-4 after a resume)."""
+    trainer, _, _ = _trainer(dataset, tmp_path)
+    trainer.iter = trainer.start_iter = 0
+    (hook,) = [h for h in trainer._hooks if isinstance(h, DeterministicResumeHook)]
+    assert trainer._data_loader_iter_obj is None
+    hook.before_train()
+    assert trainer._data_loader_iter_obj is not None
+
+
 def test_resumed_losses_equal_an_uninterrupted_run(dataset, tmp_path):
     """In-process: 3 iterations straight vs. 2 (checkpoint after iteration 1), a scrambled RNG, then 1 more."""
     trainer, _, straight = _trainer(dataset, tmp_path / "a")

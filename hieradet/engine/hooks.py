@@ -103,10 +103,14 @@ class DeterministicResumeHook(HookBase):
             if bs is None:
                 raise ValueError("cannot read the per-rank batch size from the train loader; pass batch_size_per_rank")
             sampler.set_start_iter(start_iter, bs)
-        # Creating a DataLoader iterator draws a base seed from the global RNG: do it now, before the per-step
-        # re-seed, so that the draw cannot shift the random numbers of the first step after a resume.
-        if hasattr(type(self.trainer), "_data_loader_iter"):
+        # Creating a DataLoader iterator draws a base seed from the global RNG (unless the loader has its own
+        # generator, as ResumableTrainLoader's): do it now, before the per-step re-seed, so that the draw cannot
+        # shift the random numbers of the first step after a resume. (self.trainer is a weakref proxy: read the
+        # property through it, not through type(self.trainer), which is the proxy type.)
+        try:
             _ = self.trainer._data_loader_iter
+        except AttributeError:  # a trainer without detectron2's lazily created iterator
+            pass
 
     def before_step(self):
         s = step_seed(self._seed, self.trainer.iter, comm.get_rank())
