@@ -3,11 +3,13 @@ last checkpoint, and with a fixed seed its losses equal an uninterrupted run's f
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -101,6 +103,17 @@ def _trainer(dataset, tmp_path, seed=0):
     return trainer, ckpt, losses
 
 
+def test_hook_creates_the_loader_iterator_before_the_first_step(dataset, tmp_path):
+    """The iterator's creation draws from the global RNG (a loader without its own generator); it must happen in
+    before_train, not in the first step after the re-seed (it did in the first step: 6.7e-4 after a resume)."""
+    trainer, _, _ = _trainer(dataset, tmp_path)
+    trainer.iter = trainer.start_iter = 0
+    (hook,) = [h for h in trainer._hooks if isinstance(h, DeterministicResumeHook)]
+    assert trainer._data_loader_iter_obj is None
+    hook.before_train()
+    assert trainer._data_loader_iter_obj is not None
+
+
 def test_resumed_losses_equal_an_uninterrupted_run(dataset, tmp_path):
     """In-process: 3 iterations straight vs. 2 (checkpoint after iteration 1), a scrambled RNG, then 1 more."""
     trainer, _, straight = _trainer(dataset, tmp_path / "a")
@@ -126,6 +139,7 @@ def test_resumed_losses_equal_an_uninterrupted_run(dataset, tmp_path):
 CONFIG = """
 import json
 import os
+import random
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetCatalog
@@ -231,3 +245,63 @@ def test_sigkill_then_resume_from_the_command_line(dataset, tmp_path):
     for it in range(max_iter):
         assert killed[it] == pytest.approx(straight[it], rel=1e-5, abs=1e-6), it
     assert straight[resume_from] != pytest.approx(straight[resume_from - 1], rel=1e-3)  # the comparison can fail
+
+
+@pytest.fixture(scope="module")
+def mixed_shapes(tmp_path_factory):
+    """Two registered generated datasets, of landscape (128x96) and portrait (96x128) images: aspect-ratio
+    grouping has both groups to fill."""
+    from hieradet.data import register_synthetic_dataset
+
+    names = []
+    for shape in ((96, 128), (128, 96)):
+        root = tmp_path_factory.mktemp(f"mixed_{shape[0]}x{shape[1]}")
+        generate_synthetic_dataset(str(root), num_train=7, num_val=2, image_size=shape, seed=shape[0], num_categories=3)
+        names.append(register_synthetic_dataset(str(root), prefix=f"resume_mixed_{root.name}")[0])
+    return tuple(names)
+
+
+def _lsj_loader(names, num_workers, grouping, seed=3, batch=2, size=64):
+    """The stock configs' train loader (hieradet.data.build_resumable_train_loader with LSJ), shrunk."""
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/COCO/mask_rcnn_hieradet_t_100ep.py"))
+    dl = cfg.dataloader.train
+    dl.dataset.names = names
+    dl.mapper.augmentations[1].target_height = dl.mapper.augmentations[1].target_width = size
+    dl.mapper.augmentations[2].crop_size = (size, size)
+    dl.total_batch_size, dl.num_workers, dl.aspect_ratio_grouping = batch, num_workers, grouping
+    dl.sampler.seed = seed
+    return instantiate(dl)
+
+
+def _fingerprint(batch):
+    return [(d["file_name"], tuple(d["image"].shape), float(d["image"].double().sum())) for d in batch]
+
+
+@pytest.mark.parametrize("num_workers,grouping", [(0, True), (2, True), (0, False)])
+def test_loader_restarts_from_its_state(mixed_shapes, num_workers, grouping):
+    """The configs' loader: batches (images after the random LSJ resize + crop and flip) restart exactly from
+    the state saved after any batch, aspect-ratio groups included, with or without worker processes; and the
+    augmentations do not depend on the number of workers or on the caller's RNG."""
+    names = mixed_shapes
+    reference = _lsj_loader(names, 0, grouping)
+    torch.manual_seed(0)
+    rng = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    it = iter(reference)
+    batches, states = [], []
+    for _ in range(9):
+        batches.append(_fingerprint(next(it)))
+        states.append(reference.state_dict())
+    # creating and drawing from the loader leaves the caller's RNGs alone (a resumed first step draws the same)
+    assert torch.equal(torch.get_rng_state(), rng[0]) and (np.random.get_state()[1] == rng[1]).all()
+    assert random.getstate() == rng[2]
+    if grouping:
+        assert any(any(s["waiting"]) for s in states), "no image ever waited in a group: the test cannot fail"
+    for k in (0, 3, 6):
+        torch.manual_seed(k + 100)  # whatever RNG state the resumed process has
+        resumed = _lsj_loader(names, num_workers, grouping)
+        resumed.load_state_dict(states[k])
+        it = iter(resumed)
+        assert [_fingerprint(next(it)) for _ in range(9 - k - 1)] == batches[k + 1 :], k
+    assert batches[1] != batches[0]

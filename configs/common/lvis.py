@@ -1,6 +1,6 @@
 """Turns a COCO LazyConfig into its LVIS v1 variant, as ViTDet trains on LVIS.
 
-Repeat-factor sampling (threshold 0.001; ``hieradet.utils.resume.ResumableTrainingSampler`` with
+Repeat-factor sampling (threshold 0.001; ``hieradet.data.ResumableTrainingSampler`` with
 detectron2's per-image repeat factors, so that ``--resume`` continues the stream), 1203 classes with
 sigmoid cross-entropy and the federated loss (class weights ``image_count ** 0.5``), score threshold
 0.02 and up to 300 detections per image, evaluated by the LVIS evaluator with 300 detections per
@@ -11,10 +11,10 @@ LVIS schedule of every LVIS config (100 epochs of LVIS v1 train).
 from detectron2.config import LazyCall as L
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
+from hieradet.data import ResumableTrainingSampler
 from hieradet.engine import FedLossClassWeights
 from hieradet.evaluation import LVISEvaluator
 from hieradet.solver import LVIS_TRAIN_IMAGES, epoch_schedule
-from hieradet.utils.resume import ResumableTrainingSampler
 
 LVIS_NUM_CLASSES = 1203
 LVIS_EPOCHS = 100  # ViTDet and Bolya et al. 2024 (App. A.3): 100 epochs for every size

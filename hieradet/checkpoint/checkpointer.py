@@ -15,6 +15,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from .atomic import AtomicSaveMixin
 from .convert import (
     METADATA_KEY,
     build_converted_checkpoint,
@@ -119,7 +120,7 @@ def _split_by_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> Dic
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-class HieraDetCheckpointer(DetectionCheckpointer):
+class HieraDetCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
     """:class:`DetectionCheckpointer` that validates (and if needed converts) backbone weights.
 
     * A file written by ``tools/convert_checkpoint.py`` (it carries ``__hieradet__`` metadata) loads

@@ -7,12 +7,14 @@ A config provides ``model``, ``optimizer`` (whose ``params.model`` is filled in 
 
 Besides detectron2's loop, ``do_train``:
 
-* trains a box-only model when the training datasets have no masks (:func:`hieradet.utils.box_only.auto_box_only`);
-* checks every input batch (:func:`hieradet.utils.guards.install_input_guard`): a NaN/inf image stops the
+* trains a box-only model when the training datasets have no masks (:func:`hieradet.engine.box_only.auto_box_only`);
+* checks every input batch (:func:`hieradet.engine.guards.install_input_guard`): a NaN/inf image stops the
   run naming the iteration and file, an image larger than the backbone's ``square_pad`` is rejected;
-* with ``train.seed`` set and a :class:`hieradet.utils.resume.ResumableTrainingSampler` in the train
-  loader, registers :class:`hieradet.utils.resume.DeterministicResumeHook`, so ``--resume`` continues
-  the data stream (and, with ``num_workers=0`` and no aspect-ratio grouping, repeats the losses exactly);
+* with ``train.seed`` set and a :class:`hieradet.data.ResumableTrainingSampler` in the train loader, registers
+  :class:`hieradet.engine.hooks.DeterministicResumeHook`, so ``--resume`` continues the data stream (with the
+  configs' :class:`hieradet.data.ResumableTrainLoader`, exactly as the uninterrupted run; see
+  ``docs/readme/resume.md``);
+* writes checkpoints, ``last_checkpoint`` and ``metrics.json`` lines atomically (:mod:`hieradet.checkpoint.atomic`);
 * wraps the model in DDP without ``device_ids`` on the CPU (gloo), which detectron2's
   ``create_ddp_model`` would set to the local rank;
 * builds the backbone with the layout of the weights it will load (:func:`checkpoint_for_layout`,
@@ -26,19 +28,20 @@ from typing import Dict, Optional
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from hieradet.checkpoint import HieraDetCheckpointer, apply_checkpoint_layout
+from hieradet.data.samplers import find_sampler
 from hieradet.engine.box_only import auto_box_only
 from hieradet.engine.guards import install_input_guard
 from hieradet.solver.recipes import apply_total_batch_size
-from hieradet.utils.resume import DeterministicResumeHook, find_sampler
 
 from .datasets import check_datasets, config_dataset_names
+from .hooks import DeterministicResumeHook, default_writers
 
 __all__ = ["build_model", "checkpoint_for_layout", "do_test", "do_train", "load_for_eval"]
 
@@ -59,7 +62,7 @@ def _check_device(cfg) -> str:
 
 def build_model(cfg) -> torch.nn.Module:
     """Instantiates ``cfg.model`` on ``cfg.train.device``, with the input guard
-    (:func:`hieradet.utils.guards.install_input_guard`) installed."""
+    (:func:`hieradet.engine.guards.install_input_guard`) installed."""
     device = _check_device(cfg)
     model = instantiate(cfg.model)
     install_input_guard(model)
@@ -190,7 +193,7 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
     seed = _train_seed(cfg)
     resume_hook = None
     if seed is not None and find_sampler(train_loader) is not None:
-        resume_hook = DeterministicResumeHook(seed=seed)
+        resume_hook = DeterministicResumeHook(seed=seed, checkpoint_period=cfg.train.checkpointer.get("period", 0))
     elif seed is not None:
         logger.info(
             "train.seed is set but the train loader has no ResumableTrainingSampler: a resumed run restarts "
