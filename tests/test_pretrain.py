@@ -193,9 +193,9 @@ def test_bad_inputs(tmp_path):
         mae(torch.randn(1, 3, 64, 72))
     with pytest.raises(ValueError, match="same, nonzero number of units"):
         mae(torch.randn(2, 3, 64, 64), mask=torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool))
-    # an encoder that cannot run sparsely: detection windows in stage 3, relpos
+    # an encoder that cannot run sparsely: stage-3 windows (aligned with the embedding) other than the unit, relpos
     with pytest.raises(ValueError, match="mask-unit windows or global attention"):
-        HieraMAE(HieraDet(**pretrain_encoder_kwargs(None, 64, window_size=(8, 4, 14, 7), **TINY)), img_size=64)
+        HieraMAE(HieraDet(**pretrain_encoder_kwargs(None, 64, window_size=(8, 4, 1, 0), **TINY)), img_size=64)
     with pytest.raises(ValueError, match="relpos='none'"):
         HieraMAE(
             HieraDet(**pretrain_encoder_kwargs(None, 64, relpos="global", global_blocks=(3,), **TINY)), img_size=64

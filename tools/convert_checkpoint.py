@@ -23,8 +23,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 from hieradet.checkpoint import (
     METADATA_KEY,
     SOURCE_FORMATS,
@@ -36,6 +34,7 @@ from hieradet.checkpoint import (
     load_checkpoint_file,
     summarize,
 )
+from hieradet.checkpoint.atomic import atomic_torch_save
 from hieradet.modeling.pos_embed import POS_EMBED_MODES  # noqa: E402
 
 
@@ -89,9 +88,7 @@ def main(argv=None) -> int:
         prefix = args.prefix if args.prefix.endswith(".") else args.prefix + "."
     out = build_converted_checkpoint(result, prefix, source_file=os.path.basename(args.source))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    torch.save(out, tmp)
-    os.replace(tmp, args.output)
+    atomic_torch_save(out, args.output)  # temp file, fsync, rename: never a truncated file under the final name
 
     print(f"converted {args.source} -> {args.output}")
     for line in summarize(result, prefix):

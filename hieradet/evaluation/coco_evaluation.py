@@ -8,6 +8,8 @@ from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from hieradet.checkpoint.atomic import atomic_open
+
 from .scoring import COCO_BACKENDS, check_backend, coco_metrics, load_faster_gt, run_coco_eval
 
 __all__ = ["COCOEvaluator"]
@@ -65,9 +67,8 @@ class COCOEvaluator(_D2COCOEvaluator):
         if self._output_dir:
             path = os.path.join(self._output_dir, "coco_instances_results.json")
             self._logger.info(f"Saving results to {path}")
-            with PathManager.open(path, "w") as f:
+            with atomic_open(path, "w") as f:  # a kill never leaves a truncated results file
                 f.write(json.dumps(coco_results))
-                f.flush()
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return

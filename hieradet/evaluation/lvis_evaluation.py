@@ -9,6 +9,8 @@ from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from hieradet.checkpoint.atomic import atomic_open
+
 from .lvis_compat import patch_lvis_numpy
 from .scoring import LVIS_BACKENDS, check_backend, load_faster_gt, lvis_metrics
 
@@ -53,9 +55,8 @@ class LVISEvaluator(_D2LVISEvaluator):
         if self._output_dir:
             path = os.path.join(self._output_dir, "lvis_instances_results.json")
             self._logger.info(f"Saving results to {path}")
-            with PathManager.open(path, "w") as f:
+            with atomic_open(path, "w") as f:  # a kill never leaves a truncated results file
                 f.write(json.dumps(lvis_results))
-                f.flush()
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return
