@@ -167,7 +167,7 @@ def test_param_counts_match_paper(size):
 
     Tab. 7's figures are whole classifiers with the official Swin-style relative position *bias* tables
     ((2*14-1)^2 x heads per main block), rounded to 0.1M. We compare our count with the paper's figure minus the
-    classifier and minus those tables (which the converter drops, see hieradet/checkpoint/hivit.py), allowing
+    classifier and minus those tables (which the converter drops, see hieradet/checkpoint/keymaps.py), allowing
     0.05M (half the paper's rounding step).
     """
     with torch.device("meta"):

@@ -15,17 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from hieradet.checkpoint import (
-    HIVIT_PREFIX,
     METADATA_KEY,
     CheckpointError,
     HieraDetCheckpointer,
-    build_hivit_checkpoint,
+    build_converted_checkpoint,
     convert_state_dict,
     detect_format,
     load_backbone_checkpoint,
-    load_official_hivit,
+    load_checkpoint_file,
     official_hivit_layout,
-    official_hivit_to_hivit,
 )
 from hieradet.modeling.hivit import HiViT
 
@@ -145,6 +143,14 @@ def _detection_model(**kw):
     return HiViT(**args).eval()
 
 
+def _detector(**kw):
+    """A module holding a HiViT where the project's detectors have it (``backbone.bottom_up``)."""
+    detector = nn.Module()
+    detector.backbone = nn.Module()
+    detector.backbone.bottom_up = _detection_model(**kw)
+    return detector
+
+
 def _check_against_official(model, sd, x):
     with torch.no_grad():
         out = model(x)
@@ -160,11 +166,17 @@ def test_layout_is_read_from_the_keys():
     assert layout["main_heads"] == HEADS and layout["pretrain_grid"] == 14
     assert layout["kinds"] == ["mlp", "mlp", "merge", "mlp", "mlp", "merge", "main", "main", "main"]
     assert official_hivit_layout(_official_state_dict(depths=(2, 2, 20), rpe=False))["depths"] == (2, 2, 20)
+    # the key map refuses what is not an official HiViT
+    vit = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
+    with pytest.raises(CheckpointError, match="expected 2 patch merges"):
+        official_hivit_layout(vit)
+    with pytest.raises(CheckpointError, match="no 'blocks.N"):
+        official_hivit_layout({"conv1.weight": torch.zeros(1)})
 
 
 def test_classification_checkpoint_converts_and_matches_the_official_forward():
     sd = _official_state_dict(rpe=True, classifier=True)
-    converted = official_hivit_to_hivit(sd)
+    converted = convert_state_dict(sd).state_dict
     assert not any("relative_position" in k or k.startswith(("head.", "fc_norm.")) for k in converted)
     assert converted["pos_embed.window_embed"].shape == (1, DIM, 14, 14)
     # the grid is the official token order (row-major over the 14x14 patches)
@@ -187,12 +199,12 @@ def test_mae_checkpoint_file_loads_into_the_detector_prefix(tmp_path):
     path = tmp_path / "mae_pretrain_hivit_tiny.pth"
     torch.save({"model": sd, "epoch": 1599}, path)
 
-    detector = nn.Module()
-    detector.backbone = nn.Module()
-    detector.backbone.bottom_up = _detection_model(out_norm=True)
-    missing, unexpected = load_official_hivit(detector, str(path), prefix=HIVIT_PREFIX)
-    assert not unexpected
-    assert sorted(missing) == sorted(
+    detector = _detector(out_norm=True)
+    HieraDetCheckpointer(detector).load(str(path))  # the raw official file, converted on the fly
+    loaded, converted = detector.state_dict(), build_converted_checkpoint(convert_state_dict(sd))["model"]
+    assert not converted.keys() - loaded.keys()  # nothing unexpected
+    assert all(torch.equal(loaded[k], v) for k, v in converted.items())
+    assert sorted(loaded.keys() - converted.keys()) == sorted(  # left at their initialisation
         [f"backbone.bottom_up.blocks.2.attn.rel_pos_{a}" for a in "hw"]
         + [f"backbone.bottom_up.out_norms.scale{i}.{p}" for i in range(2, 6) for p in ("weight", "bias")]
     )
@@ -204,7 +216,7 @@ def test_built_checkpoint_has_detector_keys_and_metadata(tmp_path):
     sd = _official_state_dict(rpe=True)
     path = tmp_path / "hivit.pth"
     torch.save(sd, path)
-    ckpt = build_hivit_checkpoint(str(path))
+    ckpt = build_converted_checkpoint(convert_state_dict(load_checkpoint_file(str(path))))
     assert all(k.startswith("backbone.bottom_up.") for k in ckpt["model"])
     meta = ckpt["__hieradet__"]
     assert meta["arch"] == "HiViT" and meta["prefix"] == "backbone.bottom_up." and meta["source_format"] == "hivit"
@@ -235,7 +247,7 @@ def test_abswin_detection_windows_reproduce_the_pretrained_model():
         ref = _official_forward(sd, tiles)[2]  # (4, 14, 14, C)
     for mode, expect in (("abswin", True), ("interpolate", False)):
         model = _detection_model(global_blocks=(), pos_embed=mode)
-        load_official_hivit(model, sd)
+        load_backbone_checkpoint(model, build_converted_checkpoint(convert_state_dict(sd, pos_embed=mode), ""))
         with torch.no_grad():
             y = model(big)["scale4"][0].permute(1, 2, 0)
         quads = [y[:14, :14], y[:14, 14:], y[14:, :14], y[14:, 14:]]
@@ -244,36 +256,32 @@ def test_abswin_detection_windows_reproduce_the_pretrained_model():
 
 def test_errors_name_the_cause(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        load_official_hivit(_detection_model(), str(tmp_path / "missing.pth"))
+        load_backbone_checkpoint(_detection_model(), str(tmp_path / "missing.pth"))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 this is not a torch file")
     with pytest.raises(CheckpointError, match="truncated or corrupt|not a valid torch file"):
-        load_official_hivit(_detection_model(), str(corrupt))
+        load_backbone_checkpoint(_detection_model(), str(corrupt))
     # a checkpoint of another size: HiViT-T-like depths (1, 1, 10) into a (1, 1, 3) model
-    with pytest.raises(CheckpointError, match=r"depths \(1, 1, 10\).*does not fit"):
-        load_official_hivit(_detection_model(), _official_state_dict(depths=(1, 1, 10)))
+    with pytest.raises(CheckpointError, match=r"depths=\(1, 1, 10\)\) does not fit .*depths=\(1, 1, 3\)"):
+        load_backbone_checkpoint(_detection_model(), _official_state_dict(depths=(1, 1, 10)))
     # another width
     with pytest.raises(CheckpointError, match="in the checkpoint vs"):
-        load_official_hivit(_detection_model(), _official_state_dict(dim=128))
-    # a plain ViT (no patch merges) is not a HiViT
-    vit = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
+        load_backbone_checkpoint(_detection_model(), _official_state_dict(dim=128))
+    # files that look like a HiViT but are not a complete 3-stage one
+    one_merge = {k: v for k, v in _official_state_dict().items() if not k.startswith("blocks.5.reduction.")}
     with pytest.raises(CheckpointError, match="expected 2 patch merges"):
-        official_hivit_to_hivit(vit)
-    with pytest.raises(CheckpointError, match="no 'blocks.N"):
-        official_hivit_to_hivit({"conv1.weight": torch.zeros(1)})
+        convert_state_dict(one_merge, source="hivit")
     holey = _official_state_dict()
     for k in [k for k in holey if k.startswith("blocks.3.")]:
         del holey[k]
     with pytest.raises(CheckpointError, match="missing block 3"):
-        official_hivit_to_hivit(holey)
-
-
-def _detector(**kw):
-    """A module holding a HiViT where the project's detectors have it (``backbone.bottom_up``)."""
-    detector = nn.Module()
-    detector.backbone = nn.Module()
-    detector.backbone.bottom_up = _detection_model(**kw)
-    return detector
+        convert_state_dict(holey, source="hivit")
+    # a plain ViT (no patch merges) or something else is not a HiViT
+    vit = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
+    with pytest.raises(CheckpointError, match="HiViT files have `absolute_pos_embed` and `blocks.N.reduction`"):
+        convert_state_dict(vit, source="hivit")
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint format: no `patch_embed.proj.weight` / `blocks"):
+        convert_state_dict({"conv1.weight": torch.zeros(1)}, source="hivit")
 
 
 def test_format_is_detected():
@@ -304,8 +312,8 @@ def test_main_tool_converts_official_hivit_and_the_checkpointer_loads_it(load_to
     assert "model.backbone.bottom_up.pretrain_img_size=224" in out
     ckpt = torch.load(dst, weights_only=True)
     assert ckpt[METADATA_KEY]["arch"] == "HiViT" and ckpt[METADATA_KEY]["source_format"] == "hivit"
-    # the same file as the HiViT module's own entry point makes
-    ref = build_hivit_checkpoint(sd)["model"]
+    # the same file as the library's conversion makes
+    ref = build_converted_checkpoint(convert_state_dict(sd))["model"]
     assert ckpt["model"].keys() == ref.keys() and all(torch.equal(ckpt["model"][k], ref[k]) for k in ref)
 
     # the converted file and the raw official file both load through HieraDetCheckpointer and give the official net
@@ -331,7 +339,9 @@ def test_checkpointer_refuses_a_hivit_of_another_size(load_tool, tmp_path, capsy
         with pytest.raises(CheckpointError) as e:
             HieraDetCheckpointer(wider).load(str(path))
         msg = str(e.value)
-        assert "size mismatch at 'backbone.bottom_up': HiViT-custom does not fit" in msg
+        assert (
+            "size mismatch at 'backbone.bottom_up': HiViT-custom (embed_dim=64, depths=(1, 1, 3)) does not fit" in msg
+        )
         assert "HiViT(embed_dim=128, depths=(1, 1, 3))" in msg
         assert "patch_embed.proj.weight: (16, 3, 4, 4) in the checkpoint vs (32, 3, 4, 4) in the model" in msg
     assert torch.equal(wider.backbone.bottom_up.patch_embed.proj.weight, before)  # nothing was loaded

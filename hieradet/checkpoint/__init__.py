@@ -6,7 +6,8 @@
 * :func:`apply_checkpoint_layout` sets the backbone fields a checkpoint's weights need (its *layout*, recorded
   in every file the project writes, see :mod:`hieradet.checkpoint.layout`) on a config before the model is built.
 * :class:`HieraDetCheckpointer` loads such a file (or a raw pretrained one) into a detectron2 model and
-  refuses backbone weights that do not fit, instead of skipping them.
+  refuses backbone weights that do not fit, instead of skipping them; :func:`load_backbone_checkpoint` does the
+  same for a bare backbone. Both convert raw files with :func:`convert_state_dict`, the one conversion path.
 """
 
 from .checkpointer import HieraDetCheckpointer, check_backbone_state_dict, load_backbone_checkpoint
@@ -23,14 +24,8 @@ from .convert import (
     summarize,
     vit_to_abswin_vit,
 )
-from .hivit import (
-    HIVIT_PREFIX,
-    build_hivit_checkpoint,
-    load_official_hivit,
-    official_hivit_layout,
-    official_hivit_to_hivit,
-)
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .keymaps import official_hivit_layout
 from .layout import (
     LAYOUT_FIELDS,
     apply_checkpoint_layout,
@@ -51,13 +46,11 @@ __all__ = [
     "model_layout",
     "read_checkpoint_layout",
     "training_metadata",
-    "HIVIT_PREFIX",
     "ConversionResult",
     "HieraDetCheckpointer",
     "METADATA_KEY",
     "SOURCE_FORMATS",
     "build_converted_checkpoint",
-    "build_hivit_checkpoint",
     "check_backbone_state_dict",
     "config_overrides",
     "convert_state_dict",
@@ -67,9 +60,7 @@ __all__ = [
     "grid_from_tokens",
     "load_backbone_checkpoint",
     "load_checkpoint_file",
-    "load_official_hivit",
     "official_hivit_layout",
-    "official_hivit_to_hivit",
     "summarize",
     "unwrap_state_dict",
     "vit_to_abswin_vit",

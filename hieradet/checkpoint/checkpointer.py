@@ -104,7 +104,12 @@ def check_backbone_state_dict(
     if meta is not None:
         lacking = [k for k in model_sd if k not in state_dict and (trained or not is_new_by_design(k))]
     if wrong or (meta is not None and (extra or lacking)):
-        ck = f"{meta.get('arch')}-{meta.get('size') or 'custom'}" if meta else "the checkpoint's backbone"
+        ck = "the checkpoint's backbone"
+        if meta:  # e.g. HiViT-custom (embed_dim=64, depths=(1, 1, 10))
+            shape = ", ".join(
+                f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in meta.get("architecture", {}).items()
+            )
+            ck = f"{meta.get('arch')}-{meta.get('size') or 'custom'}" + (f" ({shape})" if shape else "")
         detail = "; ".join(f"{k}: {a} in the checkpoint vs {b} in the model" for k, a, b in wrong[:3])
         if extra:
             detail += ("; " if detail else "") + f"{len(extra)} checkpoint keys the model lacks, e.g. {extra[:3]}"

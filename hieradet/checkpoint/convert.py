@@ -18,7 +18,8 @@ Supported sources (``SOURCE_FORMATS``) and what happens to their position embedd
 ``timm_hieradet``      timm's port of the SAM 2 trunk (``sam2_hiera_*``, ``hieradet_small``): as ``sam2``.
 ``hivit``              official HiViT (github zhangxiaosong18/hivit, MAE or classification): ``absolute_pos_embed``
                        (1, 14*14, C) -> ``window_embed``; the flat ``blocks`` list is split into the stem
-                       (``patch_embed``) and the main stage, see :mod:`hieradet.checkpoint.hivit`.
+                       (``patch_embed``) and the main stage, see
+                       :func:`~hieradet.checkpoint.keymaps.map_official_hivit_keys`.
 
 Classifier heads, final norms, MAE decoders and mask tokens are dropped; timm's layer scale
 (``ls1.gamma``/``ls2.gamma``) is folded into the preceding ``attn.proj``/``mlp.fc2`` (exact up to rounding).

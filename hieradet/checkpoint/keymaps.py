@@ -1,8 +1,8 @@
 """Key maps from publishers' checkpoint layouts to our backbones' state dicts (plain functions, no models).
 
 The bottom layer of :mod:`hieradet.checkpoint` above :mod:`~hieradet.checkpoint.io`: :mod:`~hieradet.checkpoint.convert`
-builds on these, never the other way round. The official HiViT map (github zhangxiaosong18/hivit) is described in
-:mod:`hieradet.checkpoint.hivit`.
+builds on these, never the other way round; every conversion goes through its
+:func:`~hieradet.checkpoint.convert.convert_state_dict`.
 """
 
 import math
@@ -113,7 +113,37 @@ def official_hivit_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, obje
 def map_official_hivit_keys(
     state_dict: Dict[str, torch.Tensor],
 ) -> Tuple[Dict[str, torch.Tensor], List[Tuple[str, str]], List[str], List[str]]:
-    """The key map of :func:`official_hivit_to_hivit`: (converted, renamed pairs, dropped keys, unknown keys)."""
+    """Official HiViT (github zhangxiaosong18/hivit, MAE or classification) keys -> :class:`HiViT` keys.
+
+    Returns ``(converted, renamed pairs, dropped keys, unknown keys)``; ``convert_state_dict(..., source="hivit")``
+    keeps the unknown keys so that its check against the model refuses them (unless ``strict=False``).
+
+    The official model keeps every layer in one flat ``blocks`` list: the MLP blocks of stem stage 1 (two per
+    block of Tab. 7), a patch merge (``reduction``), the MLP blocks of stem stage 2, a second merge, then the
+    main-stage transformer blocks. Our :class:`~hieradet.modeling.hivit.HiViT` keeps the stem in ``patch_embed`` (so
+    layer-wise lr decay puts it at layer 0, as the authors do) and the main stage in ``blocks``:
+
+    ==========================================  ================================================
+    official                                    ours
+    ==========================================  ================================================
+    ``patch_embed.proj`` / ``patch_embed.norm``   ``patch_embed.proj`` / ``patch_embed.norm``
+    ``blocks.i.{norm2,mlp}`` (stem stage s)       ``patch_embed.stage{s}.j.{norm,mlp}``
+    ``blocks.i.{norm,reduction}`` (merge s)       ``patch_embed.merge{s}.{norm,reduction}``
+    ``blocks.i.*`` (main stage)                   ``blocks.j.*`` (same sub-keys)
+    ``absolute_pos_embed`` (1, 196, C)            ``pos_embed.window_embed`` (1, C, 14, 14)
+    ==========================================  ================================================
+
+    Dropped: the classifier (``fc_norm``, ``head``), MAE's encoder ``norm`` and decoder (``decoder_*``,
+    ``mask_token``), the ``relative_position_index`` buffers and the Swin-style relative position *bias* tables
+    (``attn.relative_position_bias_table``, (2S-1)^2 x heads). That bias is one scalar per (distance, head); our
+    relative position embeddings are the decomposed, query-dependent ones of MViTv2/ViTDet, which it cannot be
+    mapped to, and the detection variant (like the abs-win paper's ViTDet) puts *new*, zero-initialised relpos on
+    the global blocks only, so nothing is lost that the detector would use. (The authors' own detection config also
+    runs without it, ``rpe=False``, and their MAE checkpoints have none.)
+
+    Raises:
+        CheckpointError: the keys are not those of an official 3-stage HiViT (see :func:`official_hivit_layout`).
+    """
     kinds: List[str] = official_hivit_layout(state_dict)["kinds"]
     prefix: Dict[int, str] = {}  # official block index -> our module prefix
     stage, counts = 1, {1: 0, 2: 0, 3: 0}
