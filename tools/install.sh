@@ -11,7 +11,7 @@
 #   HIERADET_VENV         where the venv goes (default: <checkout>/.venv)
 #   HIERADET_DETECTRON2   which detectron2 to install:
 #       sal       (default) the `sal-detectron2==0.7.2` wheel from PyPI, a redistribution of upstream
-#                 detectron2 main (2024) that works offline; its pure-Python package is copied into the
+#                 detectron2 main (2024) that needs PyPI only; its pure-Python package is copied into the
 #                 venv. Its compiled `_C` extension (built for CPython 3.10) is removed, so every Python
 #                 version runs the same pure-Python/torchvision code paths.
 #       upstream  `pip install git+https://github.com/facebookresearch/detectron2.git` (needs GitHub
