@@ -11,13 +11,13 @@ timm's ``hiera_small_abswin_256`` runs once HieraDet has the projection-free sta
 """
 
 import dataclasses
-import importlib.util
 import inspect
 import os
 from typing import Callable, Dict, List
 
 import pytest
 import torch
+from conftest import load_tool_module
 
 from hieradet.checkpoint import METADATA_KEY, CheckpointError, HieraDetCheckpointer, apply_checkpoint_layout
 
@@ -25,11 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 128  # image size of every run
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_e2e_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_load_tool = load_tool_module
 
 
 # ----------------------------------------------------------------------------------------------

@@ -210,16 +210,10 @@ def test_window_similarity_and_toy_scenes():
     assert window_similarity(tiled, 8) == pytest.approx(1.0)
     rand = torch.randn(1, 4, 32, 32)
     assert abs(window_similarity(rand, 8)) < 0.2
-    try:  # the same measure as the analysis tool (Bolya et al. 2024, Fig. 4 / 8), where that tool lives now
-        import importlib.util
+    from hieradet.analysis import window_similarity as analysis_window_similarity
 
-        spec = importlib.util.spec_from_file_location("vpe", os.path.join("tools", "visualize_pos_embed.py"))
-        vpe = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(vpe)
-        assert window_similarity(rand, 8) == pytest.approx(vpe.window_similarity(rand, 8))
-    except (FileNotFoundError, AttributeError, ImportError):
-        pass
-    with pytest.raises(ValueError, match="fewer than two"):
+    assert window_similarity is analysis_window_similarity  # one measure (Bolya et al. 2024, Fig. 4 / 8)
+    with pytest.raises(ValueError, match="need at least 2"):
         window_similarity(torch.randn(1, 4, 8, 8), 8)
     scenes = sample_scenes(6, seed=3, labelled=True)
     assert all(0 <= s["label"] < 16 for s in scenes)

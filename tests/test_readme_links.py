@@ -1,19 +1,16 @@
 """README.md's relative links and images resolve, and tools/build_readme.py rewrites section paths correctly."""
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import load_tool_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("build_readme", ROOT / "tools" / "build_readme.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool_module("build_readme")
 
 
 def _without_code(text: str) -> str:

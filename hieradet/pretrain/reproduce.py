@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis import window_similarity
 from ..modeling.hieradet import HieraDet
 from .checkpoint import pretrain_encoder_kwargs
 from .engine import cosine_lr, mae_param_groups
@@ -206,21 +207,6 @@ class HieraClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.trunk(x)["scale5"].mean((2, 3))
         return self.head(self.norm(f))
-
-
-def window_similarity(embed: torch.Tensor, window: int) -> float:
-    """Mean pairwise cosine similarity of the non-overlapping ``window`` x ``window`` windows of a (1, C, H, W)
-    or (C, H, W) embedding (Bolya et al. 2024, Fig. 4 / 8); 1.0 when every window is the same."""
-    e = embed.detach().double().reshape(-1, *embed.shape[-2:])
-    c, h, w = e.shape
-    nh, nw = h // window, w // window
-    if nh * nw < 2:
-        raise ValueError(f"a {h}x{w} embedding holds fewer than two {window}x{window} windows")
-    x = e[:, : nh * window, : nw * window].reshape(c, nh, window, nw, window).permute(1, 3, 0, 2, 4)
-    x = nn.functional.normalize(x.reshape(nh * nw, -1), dim=1)
-    sim = x @ x.T
-    n = sim.shape[0]
-    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
 
 
 def _encoder_kwargs(st: ToySettings, pos_embed_type: str) -> dict:
