@@ -7,11 +7,9 @@ through ``tools/lazyconfig_train_net.py``, ``--resume`` (one more), ``--eval-onl
 
 A family is one :class:`Family` entry: a builder that writes the publisher-format file, the stock config, and
 the layout fields the run must end up with. To add one, write its builder and add an entry to ``FAMILIES``.
-timm's ``hiera_small_abswin_256`` runs once HieraDet has the projection-free stage expansion (``expand_proj``).
 """
 
 import dataclasses
-import inspect
 import os
 from typing import Callable, Dict, List
 
@@ -236,17 +234,9 @@ def test_official_hiera_t_end_to_end(synthetic_coco, tmp_path, capsys):
     _run_family(FAMILIES["official_hiera_t"], synthetic_coco, tmp_path, capsys)
 
 
-def _hieradet_has_expand_proj() -> bool:
-    from hieradet.modeling import HieraDet
-
-    return "expand_proj" in inspect.signature(HieraDet.__init__).parameters
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sam2_t", "mae_vit_b", "official_hivit_t", "timm_hiera_s_abswin"])
 def test_public_checkpoint_end_to_end(name, synthetic_coco, tmp_path, capsys):
-    if name == "timm_hiera_s_abswin" and not _hieradet_has_expand_proj():
-        pytest.skip("HieraDet has no projection-free stage expansion (expand_proj) yet")
     _run_family(FAMILIES[name], synthetic_coco, tmp_path, capsys)
 
 
