@@ -133,10 +133,10 @@ def plot_losses(train_metrics: str, out_png: str) -> int:
     return len(rows)
 
 
-def draw_predictions(cfg, model, val_name: str, out_png: str, num_images: int, score_thresh: float = 0.5) -> None:
-    """Ground truth (left) and predictions scoring at least ``score_thresh`` (right) for the first val images."""
+def draw_predictions(predictor, val_name: str, out_png: str, num_images: int, score_thresh: float = 0.5) -> None:
+    """Ground truth (left) and the predictions of ``predictor`` (a :class:`hieradet.engine.LazyPredictor`, the
+    one ``tools/demo.py`` uses) scoring at least ``score_thresh`` (right), for the first val images."""
     import numpy as np
-    import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
@@ -144,15 +144,13 @@ def draw_predictions(cfg, model, val_name: str, out_png: str, num_images: int, s
 
     meta = MetadataCatalog.get(val_name)
     rows = []
-    model.eval()
     for d in DatasetCatalog.get(val_name)[:num_images]:
-        img = read_image(d["file_name"], format="RGB")
-        with torch.no_grad():
-            tensor = torch.as_tensor(img.transpose(2, 0, 1).copy())
-            inst = model([{"image": tensor, "height": img.shape[0], "width": img.shape[1]}])[0]["instances"]
+        img = read_image(d["file_name"], format="BGR")
+        inst = predictor(img)["instances"]
         inst = inst[inst.scores >= score_thresh].to("cpu")
-        gt = Visualizer(img, meta, scale=1.5).draw_dataset_dict(d).get_image()
-        pred = Visualizer(img, meta, scale=1.5).draw_instance_predictions(inst).get_image()
+        rgb = img[:, :, ::-1]
+        gt = Visualizer(rgb, meta, scale=1.5).draw_dataset_dict(d).get_image()
+        pred = Visualizer(rgb, meta, scale=1.5).draw_instance_predictions(inst).get_image()
         rows.append(np.concatenate([gt, np.full((gt.shape[0], 6, 3), 255, np.uint8), pred], 1))
     grid = []
     for i in range(0, len(rows), 2):  # two pairs per row
@@ -181,10 +179,9 @@ def run_demo(
     from detectron2.config import LazyConfig
     from detectron2.utils.env import seed_all_rng
 
-    from hieradet.checkpoint import HieraDetCheckpointer
     from hieradet.data import register_synthetic_dataset
     from hieradet.engine import do_train
-    from hieradet.engine.train_loop import build_model
+    from hieradet.engine.predictor import LazyPredictor
 
     t0 = time.perf_counter()
     os.makedirs(output_dir, exist_ok=True)
@@ -237,9 +234,8 @@ def run_demo(
     logger.info("[3/4] drawing the loss curve and predictions on %d val images", num_vis)
     t2 = time.perf_counter()
     n_points = plot_losses(os.path.join(train_dir, "metrics.json"), os.path.join(output_dir, "loss_curve.png"))
-    model = build_model(cfg)
-    HieraDetCheckpointer(model).load(os.path.join(train_dir, "model_final.pth"))
-    draw_predictions(cfg, model, val_name, os.path.join(output_dir, "predictions.png"), num_vis, vis_score)
+    predictor = LazyPredictor(cfg, os.path.join(train_dir, "model_final.pth"), device=str(cfg.train.device))
+    draw_predictions(predictor, val_name, os.path.join(output_dir, "predictions.png"), num_vis, vis_score)
     t_vis = time.perf_counter() - t2
 
     metrics = {

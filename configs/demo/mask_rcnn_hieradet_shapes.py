@@ -21,10 +21,10 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data import transforms as T
-from detectron2.evaluation import COCOEvaluator
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
+from hieradet.evaluation import COCOEvaluator
 from hieradet.modeling import hieradet_kwargs
 from hieradet.solver import get_optimizer_params
 
