@@ -39,7 +39,7 @@ from .attention import (
     pool_hw,
 )
 from .base import PaddedBackbone, check_img_size, check_square_pad
-from .pos_embed import AbsWinPosEmbed, check_window_alignment
+from .pos_embed import grid_pos_embed
 
 __all__ = [
     "HiViT",
@@ -266,16 +266,10 @@ class HiViT(PaddedBackbone):
             drop_path=dpr[:num_stem],
             use_act_checkpoint=use_act_checkpoint,
         )
-        grid = pretrain_img_size // patch_size
-        self.pos_embed = AbsWinPosEmbed(embed_dim, pretrain_size=grid, window_size=grid, mode=pos_embed)
-        if window_size and len(set(global_blocks)) < depth:  # some blocks attend in windows
-            check_window_alignment(
-                self.pos_embed,
-                [("the windowed blocks'", window_size, 1)],
-                owner=f"HiViT (pretrain_img_size={pretrain_img_size}, "
-                f"patch_size={patch_size}, window_size={window_size})",
-                hint=f"Use window_size={grid} (or a multiple or divisor of it), or pos_embed='interpolate'.",
-            )
+        windowed = len(set(global_blocks)) < depth  # some blocks attend in windows
+        self.pos_embed = grid_pos_embed(
+            "HiViT", embed_dim, pretrain_img_size, patch_size, window_size, windowed, pos_embed
+        )
         side = math.ceil(img_size / patch_size)
         self.blocks = plain_vit_blocks(
             embed_dim,

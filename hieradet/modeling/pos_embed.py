@@ -40,7 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AbsWinPosEmbed", "tile_embed", "interpolate_embed", "check_window_alignment", "POS_EMBED_MODES"]
+__all__ = [
+    "AbsWinPosEmbed",
+    "tile_embed",
+    "interpolate_embed",
+    "check_window_alignment",
+    "grid_pos_embed",
+    "POS_EMBED_MODES",
+]
 
 POS_EMBED_MODES = ("abswin", "abswin_single", "interpolate", "auto")
 
@@ -203,3 +210,21 @@ def check_window_alignment(
         "so every attention window must line up with the tiles (span a whole number of tiles or a whole "
         f"fraction of one); {'; '.join(bad)}. {hint}".rstrip()
     )
+
+
+def grid_pos_embed(
+    name: str, dim: int, pretrain_img_size: int, patch_size: int, window_size: int, windowed: bool, mode: str
+) -> AbsWinPosEmbed:
+    """The embedding of a single-resolution backbone (ViT, HiViT's main stage): its pretrained
+    ``pretrain_img_size // patch_size`` grid is the tile. ``windowed``: some blocks attend in ``window_size``
+    windows, which must then line up with the tiles (:func:`check_window_alignment`; ``name`` heads the error)."""
+    grid = pretrain_img_size // patch_size
+    embed = AbsWinPosEmbed(dim, pretrain_size=grid, window_size=grid, mode=mode)
+    if window_size and windowed:
+        check_window_alignment(
+            embed,
+            [("the windowed blocks'", window_size, 1)],
+            owner=f"{name} (pretrain_img_size={pretrain_img_size}, patch_size={patch_size}, window_size={window_size})",
+            hint=f"Use window_size={grid} (or a multiple or divisor of it), or pos_embed='interpolate'.",
+        )
+    return embed

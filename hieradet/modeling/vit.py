@@ -14,7 +14,7 @@ import torch
 
 from .attention import RELPOS_MODES, PatchEmbed, init_weights, plain_vit_blocks
 from .base import PaddedBackbone, check_img_size, check_square_pad
-from .pos_embed import AbsWinPosEmbed, check_window_alignment
+from .pos_embed import grid_pos_embed
 
 __all__ = ["ViT", "VIT_SIZES", "vit_kwargs"]
 
@@ -80,16 +80,10 @@ class ViT(PaddedBackbone):
         self.num_blocks = depth
         self.square_pad = square_pad
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, patch_size)
-        grid = pretrain_img_size // patch_size
-        self.pos_embed = AbsWinPosEmbed(embed_dim, pretrain_size=grid, window_size=grid, mode=pos_embed)
-        if window_size and len(set(global_blocks)) < depth:  # some blocks attend in windows
-            check_window_alignment(
-                self.pos_embed,
-                [("the windowed blocks'", window_size, 1)],
-                owner=f"ViT (pretrain_img_size={pretrain_img_size}, "
-                f"patch_size={patch_size}, window_size={window_size})",
-                hint=f"Use window_size={grid} (or a multiple or divisor of it), or pos_embed='interpolate'.",
-            )
+        windowed = len(set(global_blocks)) < depth  # some blocks attend in windows
+        self.pos_embed = grid_pos_embed(
+            "ViT", embed_dim, pretrain_img_size, patch_size, window_size, windowed, pos_embed
+        )
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth
         side = img_size // patch_size
         self.blocks = plain_vit_blocks(
