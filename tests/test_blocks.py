@@ -82,3 +82,12 @@ def test_yacs_rejects_unknown_size():
     cfg.MODEL.HIERADET.SIZE = "XL"
     with pytest.raises(ValueError, match="unknown Hiera size 'XL'"):
         BACKBONE_REGISTRY.get("build_hieradet_backbone")(cfg, ShapeSpec(channels=3))
+
+
+def test_yacs_fpn_names_features_the_backbone_lacks():
+    cfg = get_cfg()
+    add_hieradet_config(cfg)
+    cfg.MODEL.HIERADET.SIZE = "T"
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # detectron2's ResNet names
+    with pytest.raises(ValueError, match=r"asks for \['res2', 'res3', 'res4', 'res5'\], which HieraDet does not"):
+        BACKBONE_REGISTRY.get("build_hieradet_fpn_backbone")(cfg, ShapeSpec(channels=3))

@@ -160,13 +160,27 @@ def build_hieradet_backbone(cfg: CN, input_shape: ShapeSpec) -> HieraDet:
 @BACKBONE_REGISTRY.register()
 def build_hieradet_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
     """HieraDet + detectron2's FPN (p2-p6), configured by ``MODEL.HIERADET`` and ``MODEL.FPN``."""
+    return _fpn_from_cfg(cfg, _hieradet_from_cfg(cfg), "HieraDet")
+
+
+def _fpn_from_cfg(cfg: CN, bottom_up, name: str, square_pad: int = 0) -> FPN:
+    """detectron2's FPN (p2-p6 with ``LastLevelMaxPool``) over ``bottom_up``, configured by ``MODEL.FPN``;
+    ``MODEL.FPN.IN_FEATURES`` naming a feature ``bottom_up`` does not output is an error naming both."""
+    in_features: List[str] = list(cfg.MODEL.FPN.IN_FEATURES)
+    missing = [f for f in in_features if f not in bottom_up.output_shape()]
+    if missing:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which {name} does not output; {name} outputs "
+            f"{list(bottom_up.output_shape())} (set MODEL.FPN.IN_FEATURES = ['scale2', 'scale3', 'scale4', 'scale5'])"
+        )
     return FPN(
-        bottom_up=_hieradet_from_cfg(cfg),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        bottom_up=bottom_up,
+        in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        square_pad=square_pad,
     )
 
 
@@ -247,20 +261,5 @@ def build_hivit_backbone(cfg: CN, input_shape: ShapeSpec) -> HiViT:
 @BACKBONE_REGISTRY.register()
 def build_hivit_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
     """HiViT + detectron2's FPN (p2-p6), configured by ``MODEL.HIVIT`` and ``MODEL.FPN``."""
-    in_features: List[str] = list(cfg.MODEL.FPN.IN_FEATURES)
-    bottom_up = _hivit_from_cfg(cfg)
-    missing = [f for f in in_features if f not in bottom_up.output_shape()]
-    if missing:
-        raise ValueError(
-            f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which HiViT does not output; HiViT outputs "
-            f"{list(bottom_up.output_shape())} (set MODEL.FPN.IN_FEATURES = ['scale2', 'scale3', 'scale4', 'scale5'])"
-        )
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=in_features,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        square_pad=cfg.MODEL.HIVIT.IMG_SIZE if cfg.MODEL.HIVIT.SQUARE_PAD else 0,
-    )
+    square_pad = cfg.MODEL.HIVIT.IMG_SIZE if cfg.MODEL.HIVIT.SQUARE_PAD else 0
+    return _fpn_from_cfg(cfg, _hivit_from_cfg(cfg), "HiViT", square_pad)
