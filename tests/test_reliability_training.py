@@ -257,3 +257,16 @@ def test_guard_does_not_change_a_clean_run(datasets, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert with_input_guard(model) is model
     assert model.state_dict().keys() == before.keys()
+
+
+def test_clip_grad_norm_clips_and_logs_the_norm(datasets, tmp_path):
+    cfg = _config(datasets, "clean", tmp_path, out="clip")
+    cfg.train.clip_grad_norm = 1e-3  # far below any real norm: every step is clipped
+    do_train(cfg)
+    norms = [row["grad_norm"] for row in _metrics(cfg.train.output_dir) if "grad_norm" in row]
+    assert norms and all(n > 1e-3 for n in norms)  # logged before clipping
+
+    cfg = _config(datasets, "clean", tmp_path, out="clip_bad")
+    cfg.train.clip_grad_norm = -1.0
+    with pytest.raises(ValueError, match="max_norm"):
+        do_train(cfg)

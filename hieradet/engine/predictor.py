@@ -19,7 +19,8 @@ class LazyPredictor:
 
     Args:
         cfg: a LazyConfig with ``model`` (and optionally ``dataloader.test.mapper.augmentations``, the test
-            resize; without it the short edge goes to 800). Changed in place by the layout.
+            resize; an empty list means no resize; without the key the short edge goes to 800). Changed in place
+            by the layout.
         checkpoint (str or None): weights to load; None: the config's ``train.init_checkpoint`` if set, else
             the random initialisation.
         device (str): ``"cpu"`` or ``"cuda"``.
@@ -54,7 +55,8 @@ class LazyPredictor:
             augs = cfg.dataloader.test.mapper.augmentations
         except (AttributeError, KeyError):
             pass
-        self.aug = T.AugmentationList(instantiate(augs) if augs else [T.ResizeShortestEdge(800, 1333)])
+        # an empty list is a config's way to say "no resize" (e.g. the demo's fixed-size images), not "no config"
+        self.aug = T.AugmentationList(instantiate(augs) if augs is not None else [T.ResizeShortestEdge(800, 1333)])
         self.tta = hasattr(self.model, "tta_mapper")
 
     @torch.no_grad()

@@ -38,6 +38,7 @@ from hieradet.checkpoint import HieraDetCheckpointer, apply_checkpoint_layout
 from hieradet.data.samplers import find_sampler
 from hieradet.engine.box_only import auto_box_only
 from hieradet.engine.guards import install_input_guard
+from hieradet.solver.clip import clip_gradient_norm
 from hieradet.solver.recipes import apply_total_batch_size
 
 from .datasets import check_datasets, config_dataset_names
@@ -173,6 +174,9 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
+    clip = cfg.train.get("clip_grad_norm", None)  # optional: clip the total gradient norm (None or 0: off)
+    if clip:
+        optimizer = clip_gradient_norm(optimizer, float(clip))
     train_loader = instantiate(cfg.dataloader.train)
 
     model = _wrap_ddp(cfg, model, **cfg.train.ddp)

@@ -1,6 +1,7 @@
 """Optimizer parameter groups, learning-rate schedules, the papers' per-size recipes and batch-size
 rescaling for the LazyConfigs in ``configs/``."""
 
+from .clip import clip_gradient_norm
 from .lr_decay import layer_decay_rate, layer_id
 from .param_groups import (
     NO_WEIGHT_DECAY_KEYS,
@@ -34,6 +35,7 @@ __all__ = [
     "VITDET_NO_WEIGHT_DECAY_KEYS",
     "VITDET_RECIPES",
     "apply_total_batch_size",
+    "clip_gradient_norm",
     "epoch_schedule",
     "epochs_to_iters",
     "find_num_blocks",
