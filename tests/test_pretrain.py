@@ -216,7 +216,40 @@ def test_window_similarity_and_toy_scenes():
     with pytest.raises(ValueError, match="need at least 2"):
         window_similarity(torch.randn(1, 4, 8, 8), 8)
     scenes = sample_scenes(6, seed=3, labelled=True)
-    assert all(0 <= s["label"] < 16 for s in scenes)
+    assert all(0 <= s["label"] < 8 for s in scenes)  # default task: square / cross x 4 quadrants
+    many = sample_scenes(200, seed=4, labelled=True)
+    assert {s["label"] for s in many} == set(range(8))
+    for s in many:  # the label is the target's shape and quadrant (the target is the last, coloured shape)
+        target = s["shapes"][-1]
+        quadrant = int(target["cy"] > 0.5) * 2 + int(target["cx"] > 0.5)
+        assert ("square", "cross").index(target["kind"]) * 4 + quadrant == s["label"]
+        assert 1 <= len(s["shapes"]) <= 2 and 1 <= len(s["clutter"]) <= 2
+    four = sample_scenes(50, seed=4, labelled=True, shapes=("circle", "square", "triangle", "cross"))
+    assert max(s["label"] for s in four) < 16
+    with pytest.raises(ValueError, match="unknown shape 'star'"):
+        sample_scenes(2, seed=0, labelled=True, shapes=("star",))
     a, b = render_scenes(scenes, 64), render_scenes(sample_scenes(6, seed=3, labelled=True), 64)
     assert a.dtype == torch.uint8 and a.shape == (6, 3, 64, 64) and torch.equal(a, b)
     assert render_scenes(scenes, 128).shape == (6, 3, 128, 128)
+
+
+def test_toy_classifier_region_head():
+    from hieradet.pretrain.checkpoint import pretrain_encoder_kwargs
+    from hieradet.pretrain.reproduce import HieraClassifier
+
+    kw = pretrain_encoder_kwargs(None, 64, "abswin", q_pool=3, pos_embed="abswin_single", **TINY)
+    torch.manual_seed(0)
+    whole = HieraClassifier(HieraDet(**kw), 8)
+    regions = HieraClassifier(HieraDet(**kw), 8, regions=2)
+    regions.trunk.load_state_dict(whole.trunk.state_dict())
+    x = torch.randn(2, 3, 128, 128)
+    assert whole(x).shape == regions(x).shape == (2, 8)  # one head at any size
+    assert regions.head.in_features == 4 * whole.head.in_features
+    # regions=1 is Hiera's head: LayerNorm + linear over the mean of the last stage
+    f = whole.trunk(x)["scale5"].mean((2, 3))
+    torch.testing.assert_close(whole(x), whole.head(whole.norm(f)))
+    # a 2x2 head sees where things are: the four cells of the last stage feed separate head weights
+    cells = torch.nn.functional.adaptive_avg_pool2d(regions.trunk(x)["scale5"], 2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(regions(x), regions.head(regions.norm(cells).flatten(1)))
+    with pytest.raises(ValueError, match="regions must be >= 1"):
+        HieraClassifier(HieraDet(**kw), 8, regions=0)

@@ -51,6 +51,7 @@ def test_reproduce_bug_quick(tmp_path):
     r = _run([os.path.join(ROOT, "tools/reproduce_bug.py"), "--quick", "--output", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
+    assert res["chance"] == pytest.approx(12.5)  # 2 shapes x 4 quadrants
     for kind in ("original", "abswin"):
         for size in ("64", "128"):
             cell = res["cells"][kind][size]

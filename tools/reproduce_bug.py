@@ -2,12 +2,12 @@
 """Toy reproduction of "Window Attention is Bugged" (Bolya et al. 2024) on generated images, on a CPU.
 
 MAE-pretrains a tiny Hiera at 64 px with the original full-grid and the abs-win position embedding, fine-tunes
-each on a shape x position classification task at 64 and 128 px (interpolated original embedding = the bug,
+each on a shape x quadrant classification task (8 classes) at 64 and 128 px (interpolated original embedding = the bug,
 vs abs-win) over several seeds, and writes results.json, table.md and window_similarity.png.
 
     python tools/reproduce_bug.py --output output/reproduce_bug            # the full run (see docs/reproduce_bug.md)
-    python tools/reproduce_bug.py --quick --output /tmp/reproduce_quick    # a couple of minutes, for tests
-    python tools/reproduce_bug.py --pretrain-iters 250 --finetune-iters 120 --finetune-batch 16   # reduced
+    python tools/reproduce_bug.py --quick --output /tmp/reproduce_quick    # well under a minute, for tests
+    python tools/reproduce_bug.py --pretrain-only --pretrain-iters 600     # pretraining + window similarity only
 """
 
 import argparse
