@@ -15,7 +15,7 @@ test: install
 	$(PY) -m pytest -q
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=20
 
 lint: install
 	$(PY) -m ruff check hieradet tools tests configs projects
