@@ -1,6 +1,7 @@
 """tools/demo.py on a tiny HieraDet Mask R-CNN (engineer B's model config, shrunk) and generated images."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -195,3 +196,15 @@ def test_demo_with_tta(demo, tiny, synthetic_coco, tmp_path):
     h, w = np.asarray(Image.open(image[0])).shape[:2]
     assert len(inst) > 0 and inst.pred_masks.shape[1:] == (h, w)
     assert os.path.isfile(results[0]["output"])
+
+
+def test_demo_class_names_from_a_coco_json(demo, tmp_path):
+    """--metadata FILE.json: the class names of a COCO annotation file (in category-id order), e.g. the demo's own
+    generated val json, whose dataset is registered only inside tools/demo_train.py's process."""
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps({"categories": [{"id": 3, "name": "triangle"}, {"id": 1, "name": "circle"}]}))
+    assert demo._metadata(None, str(ann)).thing_classes == ["circle", "triangle"]
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="no COCO 'categories'"):
+        demo._metadata(None, str(empty))

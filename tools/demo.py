@@ -19,6 +19,7 @@ Example::
 
 import argparse
 import glob
+import json
 import logging
 import os
 import time
@@ -91,6 +92,15 @@ def _metadata(cfg, name: Optional[str]):
         name = names if isinstance(names, str) or names is None else (list(names) or [None])[0]
     if name is None:
         return MetadataCatalog.get("__hieradet_demo_unknown")
+    if name.endswith(".json") and os.path.isfile(name):  # a COCO annotation file: its categories, in id order
+        with open(name) as f:
+            categories = json.load(f).get("categories") or []
+        if not categories:
+            raise ValueError(f"--metadata {name}: the file has no COCO 'categories'")
+        meta = MetadataCatalog.get(f"__hieradet_demo_{os.path.abspath(name)}")
+        if not meta.get("thing_classes"):
+            meta.set(thing_classes=[c["name"] for c in sorted(categories, key=lambda c: c["id"])])
+        return meta
     meta = MetadataCatalog.get(name)
     if not meta.get("thing_classes"):
         logger.warning("dataset %s has no class names registered; labels are class indexes", name)
@@ -115,7 +125,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     p.add_argument("--output", required=True, help="folder for the PNGs (created)")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="draw detections above this score")
-    p.add_argument("--metadata", help="dataset name for class names (default: dataloader.test.dataset.names)")
+    p.add_argument(
+        "--metadata",
+        help="class names: a registered dataset name, or a COCO json file (its categories in id order); "
+        "default: the config's dataloader.test.dataset.names",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init (matters without weights)")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
