@@ -4,7 +4,6 @@ import math
 import types
 
 import torch
-from detectron2.utils import events as _events
 from detectron2.utils.events import get_event_storage
 
 __all__ = ["clip_gradient_norm"]
@@ -35,15 +34,15 @@ def clip_gradient_norm(optimizer: torch.optim.Optimizer, max_norm: float, norm_t
     def clipped_step(self, *args, **kwargs):  # a method, as torch's lr schedulers expect of `step`
         grads = [p for p in params if p.grad is not None]
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type))
-        if _has_event_storage():  # inside a detectron2 trainer: log it beside the losses
-            get_event_storage().put_scalar("grad_norm", self.last_grad_norm, smoothing_hint=True)
+        try:  # inside a detectron2 trainer: log it beside the losses
+            storage = get_event_storage()
+        except AssertionError:  # no EventStorage is open (a plain training loop)
+            storage = None
+        if storage is not None:
+            storage.put_scalar("grad_norm", self.last_grad_norm, smoothing_hint=True)
         return step(*args, **kwargs)
 
     optimizer.step = types.MethodType(clipped_step, optimizer)
     optimizer._hieradet_clip = float(max_norm)
     optimizer.last_grad_norm = None
     return optimizer
-
-
-def _has_event_storage() -> bool:
-    return bool(_events._CURRENT_STORAGE_STACK)
