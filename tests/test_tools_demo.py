@@ -208,3 +208,7 @@ def test_demo_class_names_from_a_coco_json(demo, tmp_path):
     empty.write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="no COCO 'categories'"):
         demo._metadata(None, str(empty))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"categories": [')
+    with pytest.raises(ValueError, match="not valid json"):
+        demo._metadata(None, str(broken))

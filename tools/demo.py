@@ -93,8 +93,12 @@ def _metadata(cfg, name: Optional[str]):
     if name is None:
         return MetadataCatalog.get("__hieradet_demo_unknown")
     if name.endswith(".json") and os.path.isfile(name):  # a COCO annotation file: its categories, in id order
-        with open(name) as f:
-            categories = json.load(f).get("categories") or []
+        try:
+            with open(name) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--metadata {name}: not valid json ({e})") from e
+        categories = (data.get("categories") if isinstance(data, dict) else None) or []
         if not categories:
             raise ValueError(f"--metadata {name}: the file has no COCO 'categories'")
         meta = MetadataCatalog.get(f"__hieradet_demo_{os.path.abspath(name)}")

@@ -28,11 +28,10 @@ def clip_gradient_norm(optimizer: torch.optim.Optimizer, max_norm: float, norm_t
         raise ValueError(f"gradient clipping needs a positive, finite max_norm, got {max_norm!r}")
     if getattr(optimizer, "_hieradet_clip", None) is not None:
         raise ValueError(f"this optimizer already clips gradients at {optimizer._hieradet_clip}")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     step = optimizer.step
 
     def clipped_step(self, *args, **kwargs):  # a method, as torch's lr schedulers expect of `step`
-        grads = [p for p in params if p.grad is not None]
+        grads = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type))
         try:  # inside a detectron2 trainer: log it beside the losses
             storage = get_event_storage()
