@@ -47,6 +47,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hieradet", "hieradet.*"]),
     cmdclass={"build_py": BuildWithModelZoo},
-    install_requires=["fvcore", "iopath", "pycocotools", "omegaconf"],
-    extras_require={"lvis": ["lvis"], "test": ["pytest", "timm", "hiera-transformer"]},
+    install_requires=["fvcore", "iopath", "pycocotools", "omegaconf", "faster-coco-eval>=1.6", "shapely"],
+    extras_require={
+        "lvis": ["lvis"],
+        "export": ["onnx>=1.17", "onnxscript", "onnxruntime>=1.20"],
+        "cluster": ["submitit>=1.5"],
+        "test": ["pytest", "timm", "hiera-transformer"],
+    },
 )

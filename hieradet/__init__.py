@@ -15,4 +15,4 @@ except ImportError as e:  # pragma: no cover - exercised only without detectron2
         "pip install 'git+https://github.com/facebookresearch/detectron2.git'"
     ) from e
 
-from . import modeling  # noqa: F401,E402  (registers the backbones)
+from . import config  # noqa: F401,E402  (registers the backbones)

@@ -115,7 +115,7 @@ def tiny_train_config(
     """A complete LazyConfig (``model``, ``optimizer``, ``lr_multiplier``, ``dataloader``, ``train``) for
     ``hieradet.engine.do_train`` on registered datasets, on the CPU.
 
-    The train loader uses :class:`hieradet.utils.resume.ResumableTrainingSampler` (``seed``) and no
+    The train loader uses :class:`hieradet.data.samplers.ResumableTrainingSampler` (``seed``) and no
     aspect-ratio grouping, so runs are repeatable; ``augment`` adds a random flip and a scale jitter.
     """
     import detectron2.data.transforms as T
@@ -130,8 +130,8 @@ def tiny_train_config(
     from fvcore.common.param_scheduler import CosineParamScheduler
     from omegaconf import OmegaConf
 
+    from hieradet.data.samplers import ResumableTrainingSampler
     from hieradet.evaluation import COCOEvaluator
-    from hieradet.utils.resume import ResumableTrainingSampler
 
     train_names, test_names = list(train_names), list(test_names or [])
     cfg = OmegaConf.create()

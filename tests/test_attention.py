@@ -9,7 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from hieradet.modeling import attention as A
-from hieradet.modeling.attention import Attention, Block, pool_hw, rel_pos_bias, rel_pos_lookup
+from hieradet.modeling import layers
+from hieradet.modeling import windows as W
+from hieradet.modeling.attention import Attention, rel_pos_bias, rel_pos_lookup
+from hieradet.modeling.blocks import Block
+from hieradet.modeling.windows import pool_hw
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -229,17 +233,17 @@ def test_workspace_not_captured_by_tracing():
 
 def test_window_unpartition_view_equals_copy():
     x = torch.randn(2, 9, 10, 5)
-    windows, pad_hw = A.window_partition(x, 4)
+    windows, pad_hw = W.window_partition(x, 4)
     assert windows.shape == (2 * 3 * 3, 4, 4, 5) and pad_hw == (12, 12)
-    copy = A.window_unpartition(windows, 4, pad_hw, (9, 10))
-    view = A.window_unpartition(windows, 4, pad_hw, (9, 10), contiguous=False)
+    copy = W.window_unpartition(windows, 4, pad_hw, (9, 10))
+    view = W.window_unpartition(windows, 4, pad_hw, (9, 10), contiguous=False)
     assert copy.is_contiguous() and not view.is_contiguous()
     torch.testing.assert_close(view, x, rtol=0, atol=0)
     torch.testing.assert_close(copy, x, rtol=0, atol=0)
 
 
 def test_mlp_inplace_gelu_only_without_autograd():
-    mlp = A.Mlp(6, 12)
+    mlp = layers.Mlp(6, 12)
     _randomise(mlp)
     x = torch.randn(3, 6)
     expected = F.gelu(x @ mlp.fc1.weight.t() + mlp.fc1.bias) @ mlp.fc2.weight.t() + mlp.fc2.bias
@@ -248,7 +252,7 @@ def test_mlp_inplace_gelu_only_without_autograd():
     out = mlp(x.requires_grad_(True))
     out.sum().backward()  # the out-of-place path keeps what GELU's backward needs
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    tanh = A.Mlp(6, 12, act_layer=lambda: torch.nn.GELU(approximate="tanh"))
+    tanh = layers.Mlp(6, 12, act_layer=lambda: torch.nn.GELU(approximate="tanh"))
     _randomise(tanh)
     with torch.inference_mode():
         got = tanh(x.detach())

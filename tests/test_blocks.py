@@ -6,9 +6,9 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
+from hieradet.config import add_hieradet_config
 from hieradet.modeling import HieraDet
-from hieradet.modeling.lr_decay import layer_decay_rate, layer_id
-from hieradet.modeling.registry import add_hieradet_config
+from hieradet.solver.lr_decay import layer_decay_rate, layer_id
 
 TINY = dict(embed_dim=16, num_heads=1, stages=(1, 1, 3, 1), global_blocks=(4,), img_size=128)
 

@@ -14,7 +14,7 @@ from hieradet.checkpoint import (
     convert_state_dict,
     read_checkpoint_layout,
 )
-from hieradet.utils.testing import tiny_mask_rcnn
+from hieradet.testing import tiny_mask_rcnn
 
 hiera = pytest.importorskip("hiera")
 

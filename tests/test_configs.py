@@ -14,11 +14,12 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from omegaconf import OmegaConf
 
-from hieradet.engine import do_test, do_train, make_tiny
+from hieradet.data.samplers import ResumableTrainingSampler
+from hieradet.engine import do_test, do_train
 from hieradet.modeling import HieraDet
 from hieradet.modeling.vit import ViT
 from hieradet.solver import get_optimizer_params
-from hieradet.utils.resume import ResumableTrainingSampler
+from hieradet.testing import make_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 # the papers' COCO / LVIS configs (LSJ recipe); configs/demo etc. are small CPU configs tested with their tools

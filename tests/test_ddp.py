@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from hieradet.utils.testing import tiny_mask_rcnn
+from hieradet.testing import tiny_mask_rcnn
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -85,7 +85,7 @@ def _train_worker(root):
     from detectron2.data.datasets import register_coco_instances
 
     from hieradet.engine import do_train
-    from hieradet.utils.testing import tiny_train_config
+    from hieradet.testing import tiny_train_config
 
     torch.set_num_threads(1)
     if "ddp_train" not in DatasetCatalog.list():

@@ -1,4 +1,4 @@
-"""The evaluation benchmark (hieradet.evaluation.benchmark, tools/benchmark_eval.py) at a small scale."""
+"""The evaluation benchmark (hieradet.benchmark.scoring, tools/benchmark.py eval) at a small scale."""
 
 import json
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hieradet.evaluation.benchmark import benchmark, make_problem
+from hieradet.benchmark.scoring import benchmark, make_problem
 
 
 @pytest.mark.parametrize("fmt,iou_type", [("coco", "bbox"), ("lvis", "segm")])
@@ -34,7 +34,7 @@ def test_cli(tmp_path):
     out = tmp_path / "b.json"
     args = ["--fmt", "coco", "--coco-images", "12", "--coco-categories", "5", "--coco-dets", "10", "--json", str(out)]
     proc = subprocess.run(
-        [sys.executable, "tools/benchmark_eval.py", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "tools/benchmark.py", "eval", *args], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert "load average" in proc.stdout and "pycocotools" in proc.stdout

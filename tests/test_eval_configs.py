@@ -47,7 +47,7 @@ def test_do_test_scores_with_the_configs_evaluator(synthetic_coco, tmp_path):
     from detectron2.config import LazyCall as L
 
     from hieradet.engine import do_test
-    from hieradet.utils.testing import tiny_train_config
+    from hieradet.testing import tiny_train_config
 
     cfg = tiny_train_config(
         [synthetic_coco.train_name], [synthetic_coco.val_name], str(tmp_path), synthetic_coco.num_classes

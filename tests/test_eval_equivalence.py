@@ -16,8 +16,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
+from hieradet.benchmark.scoring import load_gt, make_problem, max_metric_difference, score
 from hieradet.evaluation import COCOEvaluator, LVISEvaluator, lvis_metrics, run_coco_eval
-from hieradet.evaluation.benchmark import load_gt, make_problem, max_metric_difference, score
 
 TOL = 1e-6
 

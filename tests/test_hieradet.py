@@ -6,7 +6,7 @@ import torch
 from hieradet.modeling import HIERA_SIZES, HieraDet, default_global_blocks, hieradet_kwargs
 from hieradet.modeling.hieradet import stage_ends
 
-# Paper 000 (Hiera), Tab. 2: parameters in millions, with the ImageNet classifier, at 224 px.
+# Ryali et al. 2023 (Hiera), Tab. 2: parameters in millions, with the ImageNet classifier, at 224 px.
 PAPER_PARAMS_M = {"T": 28, "S": 35, "B": 52, "B+": 70, "L": 214, "H": 673}
 
 

@@ -6,17 +6,17 @@ from functools import partial
 import pytest
 import torch
 
+from hieradet.config import add_hivit_config
 from hieradet.modeling.hivit import (
     HIVIT_SIZES,
     HiViT,
     PatchMerge,
-    add_hivit_config,
     default_hivit_global_blocks,
     hivit_kwargs,
 )
-from hieradet.modeling.lr_decay import layer_decay_rate
+from hieradet.solver.lr_decay import layer_decay_rate
 
-# Paper 002 (HiViT), Tab. 7: parameters in millions at 224 px, whole classification models.
+# Zhang et al. 2023 (HiViT), Tab. 7: parameters in millions at 224 px, whole classification models.
 PAPER_PARAMS_M = {"T": 19.2, "S": 37.5, "B": 66.4, "L": 266.8}
 
 

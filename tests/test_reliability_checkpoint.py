@@ -17,7 +17,7 @@ from hieradet.checkpoint.checkpointer import HieraDetCheckpointer
 from hieradet.checkpoint.io import CheckpointError, load_checkpoint_file
 from hieradet.data import generate_synthetic_dataset
 from hieradet.engine import do_train
-from hieradet.utils.testing import tiny_train_config
+from hieradet.testing import tiny_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "reliability_ckpt_train"

@@ -5,11 +5,11 @@ import pytest
 import torch
 from detectron2.config import instantiate
 
+from hieradet.engine.guards import check_square_size, install_input_guard
 from hieradet.modeling import HieraDet
 from hieradet.modeling.hivit import HiViT
 from hieradet.modeling.vit import ViT
-from hieradet.utils.guards import check_square_size, install_input_guard
-from hieradet.utils.testing import tiny_backbone_kwargs, tiny_mask_rcnn
+from hieradet.testing import tiny_backbone_kwargs, tiny_mask_rcnn
 
 CLASSES = {"hieradet": HieraDet, "vit": ViT, "hivit": HiViT}
 

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 from hieradet.modeling import HieraDet
 from hieradet.modeling.hivit import HiViT
 from hieradet.modeling.vit import ViT
-from hieradet.utils.testing import tiny_backbone_kwargs, tiny_mask_rcnn
+from hieradet.testing import tiny_backbone_kwargs, tiny_mask_rcnn
 
 BACKBONE_CLASSES = {"hieradet": HieraDet, "vit": ViT, "hivit": HiViT}
 

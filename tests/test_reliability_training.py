@@ -18,9 +18,9 @@ from torch import nn
 
 from hieradet.data import generate_synthetic_dataset
 from hieradet.engine import do_train
-from hieradet.utils.box_only import auto_box_only, dataset_has_masks, set_box_only
-from hieradet.utils.guards import with_input_guard
-from hieradet.utils.testing import tiny_train_config
+from hieradet.engine.box_only import auto_box_only, dataset_has_masks, set_box_only
+from hieradet.engine.guards import with_input_guard
+from hieradet.testing import tiny_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 96

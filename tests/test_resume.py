@@ -19,8 +19,9 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import SimpleTrainer, hooks
 
 from hieradet.data import generate_synthetic_dataset
-from hieradet.utils.resume import DeterministicResumeHook, ResumableTrainingSampler, find_sampler
-from hieradet.utils.testing import tiny_train_config
+from hieradet.data.samplers import ResumableTrainingSampler, find_sampler
+from hieradet.engine.hooks import DeterministicResumeHook
+from hieradet.testing import tiny_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "resume_train"
@@ -145,7 +146,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.events import get_event_storage
-from hieradet.utils.testing import tiny_train_config
+from hieradet.testing import tiny_train_config
 
 
 class RecordLosses(torch.nn.Module):

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from hieradet.checkpoint import convert_state_dict
-from hieradet.modeling.attention import Block, avg_pool_hw
+from hieradet.modeling.blocks import Block
 from hieradet.modeling.hieradet import HieraDet
+from hieradet.modeling.windows import avg_pool_hw
 
 timm = pytest.importorskip("timm")
 

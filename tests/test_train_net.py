@@ -17,7 +17,7 @@ TOOL = ROOT / "tools" / "lazyconfig_train_net.py"
 TINY_CONFIG = """
 from detectron2.config import LazyConfig
 
-from hieradet.engine import make_tiny
+from hieradet.testing import make_tiny
 
 _cfg = make_tiny(LazyConfig.load({base!r}), image_size=128, num_classes=4)
 model, dataloader, optimizer, lr_multiplier, train = (

@@ -13,8 +13,8 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from hieradet.engine import make_tiny
-from hieradet.modeling.registry import add_hieradet_config, build_recipe_optimizer, recipe_from_cfg
+from hieradet.config import add_hieradet_config, build_recipe_optimizer, recipe_from_cfg
+from hieradet.testing import make_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 HIERADET = {

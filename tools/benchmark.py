@@ -12,7 +12,7 @@ prints ratios. ``--isolate``: every model in fresh processes of its own, ``--rou
 resident-set growth). ``--flops``: achieved GFLOP/s (fvcore); ``--matmul-peak``: this machine's matmul rate.
 
 ``benchmark.py eval [...]`` times COCO / LVIS scoring, reference vs faster-coco-eval
-(:mod:`hieradet.evaluation.benchmark`, the same as ``tools/benchmark_eval.py``).
+(:mod:`hieradet.benchmark.scoring`).
 ``benchmark.py report A.json [B.json ...]`` prints saved results as a markdown table, ``benchmark.py plot A.json
 --out speed.png`` plots ms/image against parameters.
 
@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None):
     if argv and argv[0] in ("report", "plot"):
         return report_main(argv)
     if argv and argv[0] == "eval":
-        from hieradet.evaluation.benchmark import main as eval_main
+        from hieradet.benchmark.scoring import main as eval_main
 
         return eval_main(argv[1:])
     ap = get_parser()

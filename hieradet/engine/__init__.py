@@ -1,8 +1,6 @@
 """Training and evaluation loop for the LazyConfigs in ``configs/`` (used by
 ``tools/lazyconfig_train_net.py`` and the demo)."""
 
-from hieradet.testing import make_tiny
-
 from .datasets import check_datasets, config_dataset_names, register_json_dataset
 from .fed_loss import FedLossClassWeights
 from .train_loop import do_test, do_train
@@ -13,6 +11,5 @@ __all__ = [
     "config_dataset_names",
     "do_test",
     "do_train",
-    "make_tiny",
     "register_json_dataset",
 ]

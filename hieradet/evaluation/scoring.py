@@ -6,7 +6,7 @@ Backends:
     ``"lvis"``         the ``lvis`` package's ``LVISEval`` as detectron2 calls it (LVIS only).
 
 Both fast paths give the same numbers as the reference packages (``tests/test_eval_equivalence.py`` compares every
-reported metric to 1e-6); they differ in speed (``python -m hieradet.evaluation.benchmark``).
+reported metric to 1e-6); they differ in speed (``python -m hieradet.benchmark.scoring``).
 
 Inputs are checked first: results naming images or categories the ground truth lacks, and a ground truth without
 images or annotations, raise ``ValueError`` naming the cause instead of scoring silently wrong.

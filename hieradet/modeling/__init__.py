@@ -1,11 +1,13 @@
-"""Backbones, their building blocks and the detectron2 registry entries."""
+"""Backbones and their building blocks. Imports nothing else of the package; the yacs config keys and the
+detectron2 ``BACKBONE_REGISTRY`` entries are in :mod:`hieradet.config`."""
 
-from . import hivit, registry  # noqa: F401  (BACKBONE_REGISTRY entries)
-from .attention import Attention, Block, rel_pos_bias, window_partition, window_unpartition
+from .attention import Attention, rel_pos_bias
+from .blocks import Block
 from .hieradet import HIERA_SIZES, HieraDet, default_global_blocks, hieradet_kwargs
 from .hivit import HIVIT_SIZES, HiViT, hivit_kwargs
 from .pos_embed import AbsWinPosEmbed
 from .vit import VIT_SIZES, ViT, vit_kwargs
+from .windows import window_partition, window_unpartition
 
 __all__ = [
     "AbsWinPosEmbed",

@@ -16,13 +16,14 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .attention import RELPOS_MODES, Block, LayerNorm, PatchEmbed, init_weights, uses_rel_pos
 from .base import PaddedBackbone, check_img_size, check_square_pad
+from .blocks import RELPOS_MODES, Block, uses_rel_pos
+from .layers import LayerNorm, PatchEmbed, init_weights
 from .pos_embed import AbsWinPosEmbed, check_window_alignment
 
 __all__ = ["HieraDet", "HIERA_SIZES", "hieradet_kwargs", "default_global_blocks", "stage_ends"]
 
-# Paper 000, Tab. 2: channels of stage 1, heads of stage 1, blocks per stage (both double per stage).
+# Ryali et al. 2023 (Hiera), Tab. 2: channels of stage 1, heads of stage 1, blocks per stage (both double per stage).
 HIERA_SIZES = {
     "T": dict(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2)),
     "S": dict(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2)),

@@ -28,18 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import (
-    RELPOS_MODES,
-    DropPath,
-    LayerNorm,
-    Mlp,
-    PatchEmbed,
-    init_weights,
-    plain_vit_blocks,
-    pool_hw,
-)
 from .base import PaddedBackbone, check_img_size, check_square_pad
+from .blocks import RELPOS_MODES, plain_vit_blocks
+from .layers import DropPath, LayerNorm, Mlp, PatchEmbed, init_weights
 from .pos_embed import grid_pos_embed
+from .windows import pool_hw
 
 __all__ = [
     "HiViT",
@@ -51,7 +44,7 @@ __all__ = [
     "HierarchicalPatchEmbed",
 ]
 
-# Paper 002, Tab. 7: blocks per stage (56^2, 28^2, 14^2 at 224 px), main-stage width (the stem stages are C/4 and
+# Zhang et al. 2023 (HiViT), Tab. 7: blocks per stage (56^2, 28^2, 14^2 at 224 px), main-stage width (the stem stages are C/4 and
 # C/2 wide), main-stage heads. Drop path: B from the authors' detection config (0.2); T/S/L are our choice.
 HIVIT_SIZES = {
     "T": dict(embed_dim=384, depths=(1, 1, 10), num_heads=6, drop_path_rate=0.1),
@@ -325,11 +318,3 @@ def hivit_kwargs(size: str, **overrides) -> dict:
     kw["global_blocks"] = default_hivit_global_blocks(kw["depths"][2])
     kw.update(overrides)
     return kw
-
-
-def __getattr__(name):  # the yacs builders live in hieradet.modeling.registry; this keeps the old import path
-    if name in ("add_hivit_config", "build_hivit_backbone", "build_hivit_fpn_backbone"):
-        from . import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

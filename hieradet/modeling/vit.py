@@ -12,8 +12,9 @@ from typing import Dict, Sequence
 
 import torch
 
-from .attention import RELPOS_MODES, PatchEmbed, init_weights, plain_vit_blocks
 from .base import PaddedBackbone, check_img_size, check_square_pad
+from .blocks import RELPOS_MODES, plain_vit_blocks
+from .layers import PatchEmbed, init_weights
 from .pos_embed import grid_pos_embed
 
 __all__ = ["ViT", "VIT_SIZES", "vit_kwargs"]

@@ -35,8 +35,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..modeling.attention import Block, LayerNorm, init_weights
+from ..modeling.blocks import Block
 from ..modeling.hieradet import HieraDet
+from ..modeling.layers import LayerNorm, init_weights
 
 __all__ = [
     "HieraMAE",

@@ -16,7 +16,7 @@ import torch
 
 from hieradet.modeling.hivit import HIVIT_SIZES, HiViT, hivit_kwargs
 
-PAPER_PARAMS_M = {"T": 19.2, "S": 37.5, "B": 66.4, "L": 266.8}  # paper 002, Tab. 7
+PAPER_PARAMS_M = {"T": 19.2, "S": 37.5, "B": 66.4, "L": 266.8}  # Zhang et al. 2023, Tab. 7
 
 
 def count(module: torch.nn.Module) -> int:

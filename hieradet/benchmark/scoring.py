@@ -6,7 +6,7 @@ detections, a category without ground truth, jittered / missed / wrong-class / d
 and, for LVIS, r/c/f frequencies and per-image negative and not-exhaustive category lists. :func:`benchmark`
 scores one problem with the reference package (pycocotools or lvis) and with faster-coco-eval.
 
-Command line: ``python tools/benchmark_eval.py`` (``--help``); default sizes are COCO val (5000 images, ~35k
+Command line: ``python tools/benchmark.py eval`` (``--help``); default sizes are COCO val (5000 images, ~35k
 objects, 500k detections, 80 categories) and an LVIS-style problem (1000 images, 1203 categories, 300 detections
 per image).
 """
@@ -142,7 +142,7 @@ def make_problem(
             img["neg_category_ids"] = sorted(int(c) for c in rng.choice(absent, min(len(absent), 10), replace=False))
             ne = [c for c in present if rng.random() < 0.2]
             img["not_exhaustive_category_ids"] = ne
-    gt = {"info": {"generator": "hieradet.evaluation.benchmark"}, "images": images, "annotations": anns}
+    gt = {"info": {"generator": "hieradet.benchmark.scoring"}, "images": images, "annotations": anns}
     gt["categories"] = categories
     return gt, results
 
@@ -153,7 +153,7 @@ def load_gt(gt: dict, fmt: str, backend: str):
     import copy
     import logging
 
-    from .scoring import load_faster_gt
+    from hieradet.evaluation.scoring import load_faster_gt
 
     if backend == "faster":
         return load_faster_gt(gt)
@@ -175,7 +175,7 @@ def load_gt(gt: dict, fmt: str, backend: str):
 def score(gt_api, results: List[dict], iou_type: str, fmt: str, backend: str, max_dets_per_image=None) -> dict:
     """The metrics dict detectron2's evaluator would report for ``results`` with ``backend`` (``"faster"``,
     ``"pycocotools"`` for COCO, ``"lvis"`` for LVIS) on ``gt_api`` (from :func:`load_gt`)."""
-    from .scoring import coco_metrics, lvis_metrics, run_coco_eval
+    from hieradet.evaluation.scoring import coco_metrics, lvis_metrics, run_coco_eval
 
     with contextlib.redirect_stdout(io.StringIO()):
         if fmt == "coco":
@@ -214,7 +214,7 @@ def benchmark(
         dict: ``reference_s``, ``fast_s``, ``speedup``, ``max_abs_diff`` (in AP points, i.e. percent),
         ``AP_reference``, ``AP_fast``, ``num_images``, ``num_gt``, ``num_dets``.
     """
-    from .lvis_compat import patch_lvis_numpy
+    from hieradet.evaluation.lvis_compat import patch_lvis_numpy
 
     if fmt == "lvis":
         patch_lvis_numpy()
@@ -252,7 +252,7 @@ def benchmark(
 
 
 def main(argv=None) -> List[dict]:
-    """Command line of ``tools/benchmark_eval.py``: runs :func:`benchmark` for each ``--fmt`` x ``--iou-type``."""
+    """Command line of ``tools/benchmark.py eval``: runs :func:`benchmark` for each ``--fmt`` x ``--iou-type``."""
     import argparse
     import json
     import os

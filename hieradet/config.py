@@ -1,10 +1,11 @@
-"""detectron2 ``BACKBONE_REGISTRY`` entries, so yacs-config projects can use the backbones (HieraDet, the fixed
-ViTDet, HiViT: ``add_hivit_config`` + ``build_hivit_fpn_backbone``).
+"""yacs support, so yacs-config projects can use the backbones (HieraDet, the fixed ViTDet, HiViT): the
+``MODEL.HIERADET`` / ``MODEL.VITDET`` / ``MODEL.HIVIT`` config keys, detectron2 ``BACKBONE_REGISTRY`` entries
+(registered by ``import hieradet``) and the recipe optimizer.
 
 Usage from another Detectron2 project::
 
     import hieradet  # registers the backbones
-    from hieradet.modeling.registry import add_hieradet_config
+    from hieradet.config import add_hieradet_config, build_recipe_optimizer
 
     cfg = get_cfg()
     add_hieradet_config(cfg)
@@ -26,11 +27,11 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
-from ..solver.param_groups import VITDET_NO_WEIGHT_DECAY_KEYS, get_optimizer_params
-from ..solver.recipes import size_recipe
-from .hieradet import HieraDet, hieradet_kwargs
-from .hivit import HiViT, hivit_kwargs
-from .vit import ViT, vit_kwargs
+from .modeling.hieradet import HieraDet, hieradet_kwargs
+from .modeling.hivit import HiViT, hivit_kwargs
+from .modeling.vit import ViT, vit_kwargs
+from .solver.param_groups import VITDET_NO_WEIGHT_DECAY_KEYS, get_optimizer_params
+from .solver.recipes import size_recipe
 
 __all__ = [
     "add_hieradet_config",
@@ -233,7 +234,7 @@ def add_hivit_config(cfg: CN) -> None:
 
 def _hivit_from_cfg(cfg: CN) -> HiViT:
     if "HIVIT" not in cfg.MODEL:
-        raise KeyError("cfg.MODEL.HIVIT is missing: call hieradet.modeling.registry.add_hivit_config(cfg) first")
+        raise KeyError("cfg.MODEL.HIVIT is missing: call hieradet.config.add_hivit_config(cfg) first")
     c = cfg.MODEL.HIVIT
     kw = hivit_kwargs(c.SIZE)
     if c.GLOBAL_BLOCKS:
