@@ -44,8 +44,9 @@ __all__ = [
     "HierarchicalPatchEmbed",
 ]
 
-# Zhang et al. 2023 (HiViT), Tab. 7: blocks per stage (56^2, 28^2, 14^2 at 224 px), main-stage width (the stem stages are C/4 and
-# C/2 wide), main-stage heads. Drop path: B from the authors' detection config (0.2); T/S/L are our choice.
+# Zhang et al. 2023 (HiViT), Tab. 7: blocks per stage (56^2, 28^2, 14^2 at 224 px), main-stage width (the stem
+# stages are C/4 and C/2 wide), main-stage heads. Drop path: B from the authors' detection config (0.2); T/S/L are
+# our choice.
 HIVIT_SIZES = {
     "T": dict(embed_dim=384, depths=(1, 1, 10), num_heads=6, drop_path_rate=0.1),
     "S": dict(embed_dim=384, depths=(2, 2, 20), num_heads=6, drop_path_rate=0.2),
