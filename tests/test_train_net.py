@@ -209,6 +209,14 @@ def test_dataset_option_registers_coco_and_lvis_json(tmp_path):
     coco = generate_synthetic_dataset(str(tmp_path / "coco"), num_train=3, num_val=2, image_size=64, fmt="coco")
     train_root = os.path.join(coco["image_root"], "train")
     assert register_json_dataset("train_net_coco", coco["train"], train_root) == "coco"
+    with open(coco["train"]) as f:
+        names = [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
+    assert MetadataCatalog.get("train_net_coco").thing_classes == names  # before the first load
+    assert len(DatasetCatalog.get("train_net_coco")) == 3
+    # the one rule of hieradet.data's registration: the same files again are a no-op, other files an error
+    assert register_json_dataset("train_net_coco", coco["train"], train_root) == "coco"
+    with pytest.raises(ValueError, match="'train_net_coco' is already registered for"):
+        register_json_dataset("train_net_coco", coco["val"], os.path.join(coco["image_root"], "val"))
     assert len(DatasetCatalog.get("train_net_coco")) == 3
 
     with pytest.raises(FileNotFoundError, match="missing.json"):
