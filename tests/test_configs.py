@@ -584,6 +584,22 @@ def test_readme_recipe_table_is_the_generated_one():
         replace_table("no table here", "x")
 
 
+def test_recipe_table_tool_writes_and_checks_a_markdown_file(load_tool, tmp_path, capsys):
+    from hieradet.solver.recipe_table import BEGIN, END
+
+    tool, path = load_tool("recipe_table"), "configs/COCO/mask_rcnn_vitdet_b_100ep.py"
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{BEGIN}\nold\n{END}\noutro\n")
+    with pytest.raises(SystemExit, match="out of date"):
+        tool.main(["--check", str(doc), path])
+    tool.main(["--write", str(doc), path])
+    text = doc.read_text()
+    assert text.startswith(f"intro\n{BEGIN}\n| config |") and text.endswith(f"{END}\noutro\n")
+    assert f"| `{path}` | Mask R-CNN | ViTDet-B |" in text and "old" not in text
+    tool.main(["--check", str(doc), path])
+    assert "recipe table up to date" in capsys.readouterr().out
+
+
 def test_get_optimizer_params_names_a_bad_norm_rule():
     with pytest.raises(ValueError, match="norm_types must be one of"):
         get_optimizer_params(torch.nn.Linear(2, 2), norm_types="detectron2")
