@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = sorted(
     [os.path.join("tools", f) for f in os.listdir(os.path.join(ROOT, "tools")) if f.endswith(".py")]
     + [os.path.join("projects", "HiViT", "tools", f) for f in os.listdir(os.path.join(ROOT, "projects/HiViT/tools"))]
+    + [os.path.join("projects", "ReproduceBug", "reproduce.py")]
 )
 
 # The layers of the package, bottom up. A subpackage (or top-level module) imports only from layers below its own,
