@@ -44,6 +44,12 @@ HIERA_TAB16 = {
     "l": dict(lr=1.2e-4, drop_path=0.45, layer_decay=0.9, epochs=100, lvis_lr=2.4e-4),
     "h": dict(lr=6e-5, drop_path=0.55, layer_decay=0.925, epochs=75, lvis_lr=6e-5),
 }
+# HieraDet-T/S are not in Tab. 16. The rule (the configs' docstrings): Tab. 16's B lr and epochs, drop path scaled
+# down with the depth (T: 12 blocks, S: 16; B: 24), a layer decay that keeps the stem's lr factor near B's.
+HIERA_TS = {
+    "t": dict(drop_path=0.1, layer_decay=0.75, blocks=12),
+    "s": dict(drop_path=0.15, layer_decay=0.8, blocks=16),
+}
 # Bolya et al. 2024, Tab. 16: global attention layers; and Hiera's stage ends (0-based last block of each stage).
 HIERA_GLOBAL = {"b": (12, 16, 20), "bplus": (12, 16, 20), "l": (23, 33, 43), "h": (23, 33, 43)}
 HIERA_STAGE_ENDS = {"b": (1, 4, 20, 23), "bplus": (1, 4, 20, 23), "l": (1, 7, 43, 47), "h": (1, 7, 43, 47)}
@@ -131,9 +137,13 @@ def test_recipe_values_match_the_papers(path):
         assert (bb.pos_embed_window, bb.pos_embed_global) == (8, 7)
         assert cfg.optimizer.params.weight_decay_bias == 0.0
         assert cfg.model.backbone.square_pad == 1024  # "${.bottom_up.img_size}"
-    elif family == "hieradet":  # T / S: our extrapolation, sanity only (no paper numbers)
-        lr, dp, ld, epochs = cfg.optimizer.lr, bb.drop_path_rate, cfg.optimizer.params.lr_decay_rate, 100
-        assert 0 < dp < HIERA_TAB16["b"]["drop_path"] and 0.5 < ld < HIERA_TAB16["b"]["layer_decay"]
+    elif family == "hieradet":  # T / S: not in Tab. 16; our extrapolation of it (HIERA_TS)
+        rec, b = HIERA_TS[size], HIERA_TAB16["b"]
+        lr, dp, ld, epochs = b["lr"], rec["drop_path"], rec["layer_decay"], b["epochs"]
+        assert sum(bb.stages) == rec["blocks"]
+        assert 0 < dp < b["drop_path"] and 0.5 < ld < b["layer_decay"]
+        # the stem's lr factor ld ** (blocks + 1) stays near B's (24 blocks), neither far above nor below it
+        assert 1.0 < ld ** (rec["blocks"] + 1) / b["layer_decay"] ** (24 + 1) < 1.5
         assert tuple(bb.window_size) == (8, 4, 14, 7)
     else:
         rec = VITDET[size]
@@ -429,7 +439,8 @@ def test_training_a_tta_config_is_refused_by_name(path, tmp_path):
     ],
 )
 def test_one_iteration_and_evaluation_lvis(path, synthetic_lvis, tmp_path):
-    pytest.importorskip("shapely", reason="LSJ cropping of LVIS polygon masks needs shapely")
+    import shapely  # noqa: F401  (an install requirement: LSJ cropping of LVIS polygon masks needs it)
+
     _train_one_iteration_and_evaluate(path, synthetic_lvis, tmp_path, rle_bitmask=False)
 
 
@@ -572,6 +583,22 @@ def test_readme_recipe_table_is_the_generated_one():
     assert replace_table(doc, recipe_table(ROOT)) == doc, fix
     with pytest.raises(ValueError, match="no recipe table markers"):
         replace_table("no table here", "x")
+
+
+def test_recipe_table_tool_writes_and_checks_a_markdown_file(load_tool, tmp_path, capsys):
+    from hieradet.solver.recipe_table import BEGIN, END
+
+    tool, path = load_tool("recipe_table"), "configs/COCO/mask_rcnn_vitdet_b_100ep.py"
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{BEGIN}\nold\n{END}\noutro\n")
+    with pytest.raises(SystemExit, match="out of date"):
+        tool.main(["--check", str(doc), path])
+    tool.main(["--write", str(doc), path])
+    text = doc.read_text()
+    assert text.startswith(f"intro\n{BEGIN}\n| config |") and text.endswith(f"{END}\noutro\n")
+    assert f"| `{path}` | Mask R-CNN | ViTDet-B |" in text and "old" not in text
+    tool.main(["--check", str(doc), path])
+    assert "recipe table up to date" in capsys.readouterr().out
 
 
 def test_get_optimizer_params_names_a_bad_norm_rule():

@@ -1,12 +1,15 @@
 """The evaluation benchmark (hieradet.benchmark.scoring, tools/benchmark.py eval) at a small scale."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from hieradet.benchmark.scoring import benchmark, make_problem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("fmt,iou_type", [("coco", "bbox"), ("lvis", "segm")])
@@ -33,8 +36,10 @@ def test_make_problem_is_deterministic_and_checked():
 def test_cli(tmp_path):
     out = tmp_path / "b.json"
     args = ["--fmt", "coco", "--coco-images", "12", "--coco-categories", "5", "--coco-dets", "10", "--json", str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    tool = os.path.join(ROOT, "tools", "benchmark.py")
     proc = subprocess.run(
-        [sys.executable, "tools/benchmark.py", "eval", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, tool, "eval", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stderr
     assert "load average" in proc.stdout and "pycocotools" in proc.stdout

@@ -1,9 +1,18 @@
 """Every evaluating config uses hieradet's faster-coco-eval evaluators, and the command line opts out."""
 
+import os
+
 import pytest
 from detectron2.config import LazyConfig, instantiate
 
 from hieradet.evaluation import COCOEvaluator, LVISEvaluator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path):
+    return LazyConfig.load(os.path.join(ROOT, path))
+
 
 CONFIGS = [
     ("configs/COCO/mask_rcnn_hieradet_b_100ep.py", COCOEvaluator),
@@ -16,7 +25,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("path,cls", CONFIGS, ids=[p.split("configs/")[-1] for p, _ in CONFIGS])
 def test_config_evaluator_is_ours(path, cls):
-    cfg = LazyConfig.load(path)
+    cfg = _load(path)
     assert cfg.dataloader.evaluator._target_ is cls
     assert cfg.dataloader.evaluator.dataset_name == cfg.dataloader.test.dataset.names
 
@@ -25,7 +34,7 @@ def test_config_evaluator_is_ours(path, cls):
     "path,backend", [(CONFIGS[0][0], "pycocotools"), (CONFIGS[2][0], "lvis"), (CONFIGS[0][0], "faster")]
 )
 def test_backend_from_the_command_line(path, backend, synthetic_coco, synthetic_lvis):
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(path), [f"dataloader.evaluator.backend={backend}"])
+    cfg = LazyConfig.apply_overrides(_load(path), [f"dataloader.evaluator.backend={backend}"])
     # the generated datasets stand in for COCO / LVIS val (not installed here)
     cfg.dataloader.evaluator.dataset_name = (synthetic_lvis if backend == "lvis" else synthetic_coco).val_name
     cfg.dataloader.evaluator.distributed = False
@@ -34,7 +43,7 @@ def test_backend_from_the_command_line(path, backend, synthetic_coco, synthetic_
 
 
 def test_unknown_backend_from_the_command_line(synthetic_coco):
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(CONFIGS[0][0]), ["dataloader.evaluator.backend=lvis"])
+    cfg = LazyConfig.apply_overrides(_load(CONFIGS[0][0]), ["dataloader.evaluator.backend=lvis"])
     cfg.dataloader.evaluator.dataset_name = synthetic_coco.val_name
     with pytest.raises(ValueError, match=r"COCO evaluation backend must be one of \('faster', 'pycocotools'\)"):
         instantiate(cfg.dataloader.evaluator)

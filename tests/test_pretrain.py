@@ -18,6 +18,7 @@ from hieradet.pretrain import (
 from hieradet.pretrain.data import ImageFolderDataset, list_images
 from hieradet.pretrain.engine import pretrain
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, num_heads=1, stages=(1, 2, 2, 1))
 
 
@@ -29,7 +30,7 @@ def tiny_mae(img_size=64, pos_embed_type="abswin", mask_ratio=0.5, **kw):
     )
 
 
-@pytest.mark.parametrize("pos_embed_type", ["abswin", "original"])
+@pytest.mark.parametrize("pos_embed_type", ["abswin", "interpolate"])
 def test_mask_ratio_zero_sparse_equals_dense(pos_embed_type):
     mae = tiny_mae(96, pos_embed_type, mask_ratio=0.0).eval()
     x = torch.randn(2, 3, 96, 96)
@@ -92,7 +93,9 @@ def test_backbone_file_loads_into_stock_detection_config(tmp_path):
     from detectron2.config import LazyConfig, instantiate
 
     torch.manual_seed(0)
-    enc = HieraDet(**pretrain_encoder_kwargs("T", 224, "original"))
+    # "interpolate" (the full grid) was called "original" before: both names give the same encoder
+    assert pretrain_encoder_kwargs("T", 224, "original") == pretrain_encoder_kwargs("T", 224, "interpolate")
+    enc = HieraDet(**pretrain_encoder_kwargs("T", 224, "interpolate"))
     ck = backbone_checkpoint(enc, 224, extra={"iteration": 0})
     meta = ck["__hieradet__"]
     assert meta["embed_kwargs"]["pos_embed_window"] == 56 and meta["embed_kwargs"]["pos_embed_global"] is None
@@ -100,8 +103,8 @@ def test_backbone_file_loads_into_stock_detection_config(tmp_path):
     path = str(tmp_path / "mae_t.pth")
     torch.save(ck, path)
 
-    cfg = LazyConfig.load("configs/COCO/mask_rcnn_hieradet_t_100ep.py")
-    # the stock config is built for abs-win (8x8 + 7x7): an original-grid file is refused, naming the fix
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/COCO/mask_rcnn_hieradet_t_100ep.py"))
+    # the stock config is built for abs-win (8x8 + 7x7): a full-grid file is refused, naming the fix
     model = instantiate(cfg.model).eval()
     with pytest.raises(CheckpointError, match="pos_embed_window=56"):
         HieraDetCheckpointer(model).load(path)
@@ -122,7 +125,7 @@ def test_backbone_file_loads_into_stock_detection_config(tmp_path):
 def test_abswin_backbone_fits_stock_config_and_other_size_is_refused(tmp_path):
     from detectron2.config import LazyConfig, instantiate
 
-    cfg = LazyConfig.load("configs/COCO/mask_rcnn_hieradet_t_100ep.py")
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/COCO/mask_rcnn_hieradet_t_100ep.py"))
     model = instantiate(cfg.model)
     # an abs-win file at 224 px (8x8 window + 7x7 global) fits the stock config unchanged
     enc_t = HieraDet(**pretrain_encoder_kwargs("T", 224, "abswin"))
@@ -188,6 +191,8 @@ def test_bad_inputs(tmp_path):
         tiny_mae(80)
     with pytest.raises(ValueError, match="not a multiple of the 32-px mask unit"):
         pretrain_encoder_kwargs("T", 200)
+    with pytest.raises(ValueError, match=r"pos_embed_type must be one of \('abswin', 'interpolate'\)"):
+        pretrain_encoder_kwargs("T", 224, "bicubic")
     mae = tiny_mae(64)
     with pytest.raises(ValueError, match="not a multiple of the 32-px mask unit"):
         mae(torch.randn(1, 3, 64, 72))
@@ -200,56 +205,3 @@ def test_bad_inputs(tmp_path):
         HieraMAE(
             HieraDet(**pretrain_encoder_kwargs(None, 64, relpos="global", global_blocks=(3,), **TINY)), img_size=64
         )
-
-
-def test_window_similarity_and_toy_scenes():
-    from hieradet.pretrain.reproduce import render_scenes, sample_scenes, window_similarity
-
-    torch.manual_seed(0)
-    tiled = torch.randn(1, 4, 8, 8).tile(1, 1, 4, 4)
-    assert window_similarity(tiled, 8) == pytest.approx(1.0)
-    rand = torch.randn(1, 4, 32, 32)
-    assert abs(window_similarity(rand, 8)) < 0.2
-    from hieradet.analysis import window_similarity as analysis_window_similarity
-
-    assert window_similarity is analysis_window_similarity  # one measure (Bolya et al. 2024, Fig. 4 / 8)
-    with pytest.raises(ValueError, match="need at least 2"):
-        window_similarity(torch.randn(1, 4, 8, 8), 8)
-    scenes = sample_scenes(6, seed=3, labelled=True)
-    assert all(0 <= s["label"] < 8 for s in scenes)  # default task: square / cross x 4 quadrants
-    many = sample_scenes(200, seed=4, labelled=True)
-    assert {s["label"] for s in many} == set(range(8))
-    for s in many:  # the label is the target's shape and quadrant (the target is the last, coloured shape)
-        target = s["shapes"][-1]
-        quadrant = int(target["cy"] > 0.5) * 2 + int(target["cx"] > 0.5)
-        assert ("square", "cross").index(target["kind"]) * 4 + quadrant == s["label"]
-        assert 1 <= len(s["shapes"]) <= 2 and 1 <= len(s["clutter"]) <= 2
-    four = sample_scenes(50, seed=4, labelled=True, shapes=("circle", "square", "triangle", "cross"))
-    assert max(s["label"] for s in four) < 16
-    with pytest.raises(ValueError, match="unknown shape 'star'"):
-        sample_scenes(2, seed=0, labelled=True, shapes=("star",))
-    a, b = render_scenes(scenes, 64), render_scenes(sample_scenes(6, seed=3, labelled=True), 64)
-    assert a.dtype == torch.uint8 and a.shape == (6, 3, 64, 64) and torch.equal(a, b)
-    assert render_scenes(scenes, 128).shape == (6, 3, 128, 128)
-
-
-def test_toy_classifier_region_head():
-    from hieradet.pretrain.checkpoint import pretrain_encoder_kwargs
-    from hieradet.pretrain.reproduce import HieraClassifier
-
-    kw = pretrain_encoder_kwargs(None, 64, "abswin", q_pool=3, pos_embed="abswin_single", **TINY)
-    torch.manual_seed(0)
-    whole = HieraClassifier(HieraDet(**kw), 8)
-    regions = HieraClassifier(HieraDet(**kw), 8, regions=2)
-    regions.trunk.load_state_dict(whole.trunk.state_dict())
-    x = torch.randn(2, 3, 128, 128)
-    assert whole(x).shape == regions(x).shape == (2, 8)  # one head at any size
-    assert regions.head.in_features == 4 * whole.head.in_features
-    # regions=1 is Hiera's head: LayerNorm + linear over the mean of the last stage
-    f = whole.trunk(x)["scale5"].mean((2, 3))
-    torch.testing.assert_close(whole(x), whole.head(whole.norm(f)))
-    # a 2x2 head sees where things are: the four cells of the last stage feed separate head weights
-    cells = torch.nn.functional.adaptive_avg_pool2d(regions.trunk(x)["scale5"], 2).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(regions(x), regions.head(regions.norm(cells).flatten(1)))
-    with pytest.raises(ValueError, match="regions must be >= 1"):
-        HieraClassifier(HieraDet(**kw), 8, regions=0)

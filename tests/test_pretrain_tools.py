@@ -1,6 +1,6 @@
-"""End-to-end runs of tools/pretrain.py (generated images, CPU) and tools/reproduce_bug.py --quick (slow)."""
+"""End-to-end run of tools/pretrain.py (generated images, CPU; slow). The reproduction's quick run is in
+tests/test_reproduce_bug.py."""
 
-import json
 import os
 import subprocess
 import sys
@@ -43,21 +43,3 @@ def test_pretrain_tool_on_generated_images_and_resume(tmp_path):
     r = _run(common + [f"train.output_dir={tmp_path / 'x'}", f"dataloader.dataset.root={tmp_path / 'empty'}",
                        "dataloader.dataset.num_images=8"], tmp_path)  # fmt: skip
     assert r.returncode != 0 and "holds no images" in r.stderr
-
-
-@pytest.mark.slow
-def test_reproduce_bug_quick(tmp_path):
-    out = tmp_path / "repro"
-    r = _run([os.path.join(ROOT, "tools/reproduce_bug.py"), "--quick", "--output", str(out)], tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    assert res["chance"] == pytest.approx(12.5)  # 2 shapes x 4 quadrants
-    for kind in ("original", "abswin"):
-        for size in ("64", "128"):
-            cell = res["cells"][kind][size]
-            assert len(cell["values"]) == 2 and all(0 <= v <= 100 for v in cell["values"])
-        sims = res["window_similarity"][kind]
-        assert set(sims) == {"64", "128"} and all(-1 <= v <= 1 for v in sims.values())
-    table = (out / "table.md").read_text()
-    assert "interpolated (the bug)" in table and "128 px" in table
-    assert (out / "window_similarity.png").stat().st_size > 1000

@@ -1,21 +1,27 @@
-"""Evaluation gives the numbers of the reference APIs: detectron2's COCOEvaluator (as our configs use it) vs.
+"""Evaluation gives the numbers of the reference APIs: hieradet's COCOEvaluator, built from the evaluator node of
+``configs/common/coco_loader_lsj.py`` as every COCO config uses it (and detectron2's own evaluator beside it), vs.
 pycocotools' COCOeval, and hieradet's LVISEvaluator vs. lvis' LVISEval, on the same files and detections."""
 
 import copy
 import json
+import os
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator as D2COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from hieradet import evaluation
 from hieradet.data import generate_synthetic_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
@@ -109,13 +115,26 @@ def coco(tmp_path_factory):
     return name, paths["val"], gt, str(root)
 
 
+def _configs_evaluator(name, task, output_dir):
+    """The evaluator exactly as the COCO configs declare it (only the dataset, task and output folder set)."""
+    node = LazyConfig.load(os.path.join(ROOT, "configs", "common", "coco_loader_lsj.py")).dataloader.evaluator
+    node.update(dataset_name=name, tasks=(task,), distributed=False, output_dir=output_dir)
+    evaluator = instantiate(node)
+    assert type(evaluator) is evaluation.COCOEvaluator and evaluator._backend == "faster"
+    return evaluator
+
+
+@pytest.mark.parametrize("which", ["configs", "detectron2"])
 @pytest.mark.parametrize("task", ["bbox", "segm"])
-def test_coco_evaluator_matches_pycocotools(coco, task, tmp_path):
+def test_coco_evaluator_matches_pycocotools(coco, task, which, tmp_path):
     name, json_file, gt, _ = coco
     DatasetCatalog.get(name)  # sets the contiguous id map
     contiguous = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
     dets = _fake_detections(gt)
-    evaluator = COCOEvaluator(name, tasks=(task,), distributed=False, output_dir=str(tmp_path))
+    if which == "configs":
+        evaluator = _configs_evaluator(name, task, str(tmp_path))
+    else:
+        evaluator = D2COCOEvaluator(name, tasks=(task,), distributed=False, output_dir=str(tmp_path))
     evaluator.reset()
     evaluator.process(*_to_outputs(dets, gt, contiguous))
     ours = evaluator.evaluate()[task]
@@ -135,7 +154,6 @@ def test_coco_evaluator_matches_pycocotools(coco, task, tmp_path):
 
 
 def test_lvis_evaluator_matches_lvis_api(tmp_path, monkeypatch):
-    evaluation = pytest.importorskip("hieradet.evaluation", reason="engineer A's hieradet.evaluation has not landed")
     from lvis import LVIS, LVISEval, LVISResults
 
     from hieradet.data import register_synthetic_dataset

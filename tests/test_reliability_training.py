@@ -153,10 +153,7 @@ def test_mixed_mask_and_box_annotations_are_named(datasets, tmp_path):
 
 def test_box_only_switch_fixes_the_lsj_loader(datasets):
     """The shared LSJ loader recomputes boxes from masks, which asserts on box-only data (detectron2 #4416)."""
-    path = os.path.join(ROOT, "configs", "common", "coco_loader_lsj.py")
-    if not os.path.isfile(path):
-        pytest.skip("configs/common/coco_loader_lsj.py not present")
-    cfg = LazyConfig.load(path)
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "common", "coco_loader_lsj.py"))
     cfg.model = tiny_train_config([datasets["boxonly"]], None, "unused", num_classes=4).model
     flip, scale, crop = cfg.dataloader.train.mapper.augmentations
     flip.prob = 0.0
@@ -252,11 +249,44 @@ def test_do_train_guards_the_inputs_by_default(datasets, tmp_path):
 
 
 def test_guard_does_not_change_a_clean_run(datasets, tmp_path):
+    """The guard is a pre-hook only: on clean data the weights, the training losses and the predictions are
+    bit-identical with and without it, and it is really installed (the same model rejects a NaN image)."""
+    cfg = _config(datasets, "clean", tmp_path, augment=False)
     torch.manual_seed(0)
-    model = instantiate(_config(datasets, "clean", tmp_path).model)
+    model = instantiate(cfg.model)
+    mapper = instantiate(cfg.dataloader.train.mapper)
+    batch = [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get(datasets["clean"])[:2]]
+
+    def run(m):
+        m.train()
+        torch.manual_seed(1)  # the RPN / ROI samplers draw random subsets
+        with EventStorage(0):
+            losses = {k: v.detach() for k, v in m(copy.deepcopy(batch)).items()}
+        m.eval()
+        with torch.no_grad():
+            inst = m([{"image": b["image"], "height": IMAGE_SIZE, "width": IMAGE_SIZE} for b in batch])
+        return losses, [(o["instances"].pred_boxes.tensor, o["instances"].scores) for o in inst]
+
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain_losses, plain_preds = run(model)
     assert with_input_guard(model) is model
-    assert model.state_dict().keys() == before.keys()
+    guarded_losses, guarded_preds = run(model)
+
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert plain_losses.keys() == guarded_losses.keys() and "loss_mask" in plain_losses
+    for k, v in plain_losses.items():
+        assert torch.isfinite(v) and torch.equal(v, guarded_losses[k]), k
+    assert len(plain_preds) == len(guarded_preds) == 2
+    for (boxes, scores), (g_boxes, g_scores) in zip(plain_preds, guarded_preds):
+        assert torch.equal(boxes, g_boxes) and torch.equal(scores, g_scores)
+
+    bad = copy.deepcopy(batch)
+    bad[1]["image"] = bad[1]["image"].float()
+    bad[1]["image"][0, 0, 0] = float("nan")
+    with EventStorage(0), pytest.raises(FloatingPointError, match="image 1 of the batch"):
+        model.train()(bad)
 
 
 def test_clip_grad_norm_clips_and_logs_the_norm(datasets, tmp_path):

@@ -36,8 +36,9 @@ def test_atomic_open_replaces_whole_or_not_at_all(tmp_path):
 
 
 KILLED_SAVE = """
-import sys, torch
+import runpy, sys, torch
 from hieradet.checkpoint import HieraDetCheckpointer
+assert runpy.run_path(sys.argv[2])["install_from_env"]()  # tests/pause_write.py: the library has no test hook
 model = torch.nn.Linear(200, 200)
 ckpt = HieraDetCheckpointer(model, sys.argv[1])
 ckpt.save("model_0000001")
@@ -49,7 +50,8 @@ def test_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path):
     """A real SIGKILL in the middle of torch.save of model_0000003.pth: no file of that name, last_checkpoint still
     names the previous checkpoint, and resume_or_load removes the half-written temporary file and loads it."""
     env = dict(os.environ, PYTHONPATH=ROOT, HIERADET_TEST_PAUSE_WRITE="model_0000003.pth:300")
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path)], env=env)
+    helper = os.path.join(ROOT, "tests", "pause_write.py")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path), helper], env=env, cwd=str(tmp_path))
     deadline = time.time() + 300
     try:
         while not [p for p in glob.glob(str(tmp_path / ".model_0000003.pth.*.partial")) if os.path.getsize(p) > 65536]:

@@ -1,6 +1,5 @@
 """tools/demo.py on a tiny HieraDet Mask R-CNN (engineer B's model config, shrunk) and generated images."""
 
-import importlib.util
 import json
 import os
 
@@ -63,15 +62,8 @@ def val_images(ds, n):
     return [d["file_name"] for d in DatasetCatalog.get(ds.val_name)[:n]]
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def demo():
+def demo(load_tool):
     return load_tool("demo")
 
 
@@ -89,14 +81,25 @@ def tiny(tmp_path_factory, synthetic_coco):
     return cfg_path, os.path.join(str(folder), "tiny.pth"), model
 
 
-def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coco, tmp_path):
+def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coco, tmp_path, monkeypatch):
+    from detectron2.utils.visualizer import Visualizer
+
     cfg_path, ckpt, model = tiny
     images = val_images(synthetic_coco, 2)
     out = tmp_path / "vis"
+    drawn_text = []  # every label the visualizer writes into the pictures
+    draw_text = Visualizer.draw_text
+
+    def recording_draw_text(self, text, *args, **kwargs):
+        drawn_text.append(text)
+        return draw_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Visualizer, "draw_text", recording_draw_text)
     results = demo.main(
         ["--config-file", cfg_path, "--checkpoint", ckpt, "--input", *images, "--output", str(out)]
         + ["--confidence-threshold", "0.0"]
     )
+    monkeypatch.undo()
     assert [r["input"] for r in results] == images
     # the same images with nothing above the threshold: the difference is what was drawn
     blank = demo.main(
@@ -124,10 +127,17 @@ def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coc
     torch.testing.assert_close(results[0]["instances"].pred_boxes.tensor, ref.pred_boxes.tensor)
     torch.testing.assert_close(results[0]["instances"].scores, ref.scores)
     assert results[0]["instances"].pred_classes.tolist() == ref.pred_classes.tolist()
-    # class names of the registered dataset are used for labels
+    # the labels drawn are the registered dataset's class names (with the scores), one per detection
     from detectron2.data import MetadataCatalog
 
-    assert MetadataCatalog.get(synthetic_coco.val_name).thing_classes
+    names = MetadataCatalog.get(synthetic_coco.val_name).thing_classes
+    assert len(names) == synthetic_coco.num_classes and all(n and not n.isdigit() for n in names)
+    expected = [
+        f"{names[c]} {s * 100:.0f}%"
+        for r in results
+        for c, s in zip(r["instances"].pred_classes.tolist(), r["instances"].scores.tolist())
+    ]
+    assert sorted(drawn_text) == sorted(expected)
 
 
 def test_demo_folder_threshold_and_name_collisions(demo, tiny, synthetic_coco, tmp_path):

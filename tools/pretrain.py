@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sparse MAE pretraining of a Hiera backbone (Ryali et al. 2023) with original or absolute-win position embeddings.
+"""Sparse MAE pretraining of a Hiera backbone (Ryali et al. 2023) with a full-grid or absolute-win position embedding.
 
     python tools/pretrain.py --config-file configs/pretrain/mae_hiera_b.py --num-gpus 8 \
         dataloader.dataset.root=/path/to/imagenet/train

@@ -4,7 +4,7 @@ Ryali et al. 2023, Tab. 14a (image pretraining): AdamW (0.9, 0.95), weight decay
 cosine schedule with 40 warmup epochs, 400 epochs (1600 for the main results), random resized crop [0.2, 1] +
 horizontal flip, mask ratio 0.6 of 32-px mask units, 8 decoder blocks with 16 heads (decoder width 512, MAE's),
 drop path 0.2 (B). The embedding is abs-win: an 8x8 window embedding tiled + a 7x7 global one interpolated
-(Bolya et al. 2024, Sec. 3). For the original full 56x56 grid:
+(Bolya et al. 2024, Sec. 3). For the full 56x56 grid (``pos_embed_type="interpolate"``):
 ``model.encoder.pos_embed_window=56 model.encoder.pos_embed_global=null``.
 
 The final ``hieradet_backbone_final.pth`` is a detection ``train.init_checkpoint`` (its ``__hieradet__``

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections import defaultdict
 from typing import IO, Any, Iterator
@@ -37,10 +36,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-# Test hook (tests/test_resume_kill.py): "NAME:SECONDS" pauses the write of a file named NAME for SECONDS once
-# 64 KiB of it are written, so that a test can kill the process in the middle of that write.
-_PAUSE_ENV = "HIERADET_TEST_PAUSE_WRITE"
-_PAUSE_AFTER_BYTES = 64 * 1024
 
 
 def _fsync_dir(folder: str) -> None:
@@ -54,31 +49,6 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-class _PausingFile:
-    """File proxy that sleeps once after ``_PAUSE_AFTER_BYTES`` bytes (the test hook above)."""
-
-    def __init__(self, f: IO[bytes], seconds: float):
-        self._f, self._seconds, self._written = f, seconds, 0
-
-    def write(self, data) -> int:
-        n = self._f.write(data)
-        self._written += n
-        if self._seconds and self._written >= _PAUSE_AFTER_BYTES:
-            self._f.flush()
-            seconds, self._seconds = self._seconds, 0.0
-            time.sleep(seconds)
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
-def _pause_seconds(path: str) -> float:
-    spec = os.environ.get(_PAUSE_ENV, "")
-    name, _, seconds = spec.rpartition(":")
-    return float(seconds) if name and name == os.path.basename(path) else 0.0
 
 
 @contextlib.contextmanager
@@ -96,8 +66,7 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, mode) as f:
-            pause = _pause_seconds(path)
-            yield _PausingFile(f, pause) if pause and "b" in mode else f
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -2,7 +2,7 @@
 loader."""
 
 from .loader import ResumableTrainLoader, build_resumable_train_loader
-from .register import register_synthetic_dataset
+from .register import register_json_dataset, register_synthetic_dataset
 from .samplers import ResumableTrainingSampler, find_sampler
 from .synthetic import CATEGORY_NAMES, annotation_files, generate_synthetic_dataset
 
@@ -14,5 +14,6 @@ __all__ = [
     "build_resumable_train_loader",
     "find_sampler",
     "generate_synthetic_dataset",
+    "register_json_dataset",
     "register_synthetic_dataset",
 ]

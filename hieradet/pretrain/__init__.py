@@ -1,6 +1,6 @@
-"""Sparse MAE pretraining for HieraDet (Ryali et al. 2023) with original or absolute-win position embeddings
-(Bolya et al. 2024), the detection-ready backbone file it writes, and a toy reproduction of the
-interpolation bug."""
+"""Sparse MAE pretraining for HieraDet (Ryali et al. 2023) with a full-grid (``"interpolate"``) or an absolute-win
+(``"abswin"``) position embedding (Bolya et al. 2024), and the detection-ready backbone file it writes. The toy
+reproduction of the interpolation bug is a project of its own, ``projects/ReproduceBug``."""
 
 from .checkpoint import (
     POS_EMBED_TYPES,

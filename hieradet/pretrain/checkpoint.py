@@ -6,7 +6,9 @@ pooling before stage 4) with either position embedding:
 
 * ``"abswin"``: an 8x8 window embedding (one mask unit) tiled + a global grid of one token per mask unit,
   interpolated (7x7 at 224 px, 2x2 at 64 px: Bolya et al. 2024, Sec. 3);
-* ``"original"``: the full stride-4 grid (56x56 at 224 px), as Ryali et al. 2023 pretrain.
+* ``"interpolate"``: the full stride-4 grid (56x56 at 224 px), as Ryali et al. 2023 pretrain; a larger image
+  interpolates it (the mode of the same name in :mod:`hieradet.modeling`). ``"original"``, its name before, is
+  still read.
 
 :func:`backbone_checkpoint` turns a pretrained :class:`~hieradet.pretrain.HieraMAE` into the file
 ``tools/convert_checkpoint.py`` writes (``{"model": {"backbone.bottom_up." + key: tensor}, "__hieradet__":
@@ -30,7 +32,8 @@ __all__ = [
     "MAE_SOURCE_FORMAT",
 ]
 
-POS_EMBED_TYPES = ("abswin", "original")
+POS_EMBED_TYPES = ("abswin", "interpolate")
+_OLD_NAMES = {"original": "interpolate"}  # configs written before the rename
 MAE_SOURCE_FORMAT = "hieradet_mae"
 
 
@@ -48,11 +51,12 @@ def pretrain_encoder_kwargs(
         size (str or None): a ``HIERA_SIZES`` preset, or ``None`` to give ``embed_dim`` / ``num_heads`` /
             ``stages`` in ``overrides``.
         img_size (int): pretraining image size (a multiple of ``mask_unit``).
-        pos_embed_type (str): ``"abswin"`` or ``"original"`` (see the module doc).
+        pos_embed_type (str): ``"abswin"`` or ``"interpolate"`` (see the module doc).
         mask_unit (int): mask-unit side in pixels.
         patch_stride (int): the stem stride.
         overrides: any other HieraDet argument (e.g. ``drop_path_rate``).
     """
+    pos_embed_type = _OLD_NAMES.get(pos_embed_type, pos_embed_type)
     if pos_embed_type not in POS_EMBED_TYPES:
         raise ValueError(f"pos_embed_type must be one of {POS_EMBED_TYPES}, got {pos_embed_type!r}")
     if img_size <= 0 or img_size % mask_unit:

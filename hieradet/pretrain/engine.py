@@ -5,6 +5,9 @@ Files written to ``train.output_dir``:
 
 * ``mae_{iter:07d}.pth``: the whole training state (MAE model, optimizer, grad scaler, iteration) for resume;
   ``last_checkpoint`` names the newest one;
+
+every file is written through :mod:`hieradet.checkpoint.atomic` (complete under its name, or absent); a resume
+removes the temporary files of a write that was killed.
 * ``hieradet_backbone_{iter:07d}.pth`` and ``hieradet_backbone_final.pth``: the encoder alone with
   ``__hieradet__`` metadata (:func:`hieradet.pretrain.checkpoint.backbone_checkpoint`), a detection
   ``train.init_checkpoint``.
@@ -20,10 +23,11 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
+from ..checkpoint.atomic import atomic_open, atomic_torch_save, remove_partial_files
 from .checkpoint import backbone_checkpoint
 from .mae import HieraMAE
 
-__all__ = ["mae_param_groups", "cosine_lr", "pretrain", "save_atomic", "last_checkpoint"]
+__all__ = ["mae_param_groups", "cosine_lr", "pretrain", "last_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +51,6 @@ def cosine_lr(it: int, max_iter: int, warmup_iters: int, min_factor: float = 0.0
         return (it + 1) / warmup_iters
     t = (it - warmup_iters) / max(1, max_iter - warmup_iters)
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file, then rename (a killed run never leaves a half-written file)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def last_checkpoint(output_dir: str) -> Optional[str]:
@@ -129,6 +126,8 @@ def pretrain(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_iter = 0
     if resume:
+        if comm.is_main_process():
+            remove_partial_files(output_dir)
         path = last_checkpoint(output_dir)
         if path is not None:
             state = torch.load(path, map_location=device, weights_only=False)
@@ -189,13 +188,13 @@ def pretrain(
             state = dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), iteration=it
             )
-            save_atomic(state, os.path.join(output_dir, name))
-            with open(os.path.join(output_dir, "last_checkpoint"), "w") as f:
+            atomic_torch_save(state, os.path.join(output_dir, name))
+            with atomic_open(os.path.join(output_dir, "last_checkpoint"), "w") as f:
                 f.write(name)
             extra = dict(iteration=done, mask_ratio=model.mask_ratio, mask_unit=model.mask_unit)
             ck = backbone_checkpoint(model.encoder, model.img_size[0], source_file=name, extra=extra)
-            save_atomic(ck, os.path.join(output_dir, f"hieradet_backbone_{it:07d}.pth"))
+            atomic_torch_save(ck, os.path.join(output_dir, f"hieradet_backbone_{it:07d}.pth"))
             if done == max_iter:
-                save_atomic(ck, final_backbone)
+                atomic_torch_save(ck, final_backbone)
     comm.synchronize()
     return {"losses": losses, "start_iter": start_iter, "backbone": final_backbone}

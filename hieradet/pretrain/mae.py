@@ -23,10 +23,10 @@
 * **Loss.** Mean squared error on the deleted units only, against per-patch normalised pixels
   (``norm_pix_loss``: each 16x16x3 target patch minus its mean, over its std).
 
-Position embeddings are HieraDet's :class:`~hieradet.modeling.pos_embed.AbsWinPosEmbed`: the original
-full grid (``pos_embed_window=img_size // 4, pos_embed_global=None``) or absolute win (8x8 window + a
-global grid of one token per mask unit, 7x7 at 224 px; Bolya et al. 2024, Sec. 3). The encoder is a plain
-:class:`~hieradet.modeling.HieraDet`, so its state dict is the detection backbone's
+Position embeddings are HieraDet's :class:`~hieradet.modeling.pos_embed.AbsWinPosEmbed`: the full grid
+(``"interpolate"``, as Ryali et al. 2023 pretrain: ``pos_embed_window=img_size // 4, pos_embed_global=None``) or
+absolute win (8x8 window + a global grid of one token per mask unit, 7x7 at 224 px; Bolya et al. 2024, Sec. 3).
+The encoder is a plain :class:`~hieradet.modeling.HieraDet`, so its state dict is the detection backbone's
 (:func:`hieradet.pretrain.checkpoint.backbone_checkpoint`).
 """
 

@@ -1,19 +1,20 @@
 #!/usr/bin/env python
 """Toy reproduction of "Window Attention is Bugged" (Bolya et al. 2024) on generated images, on a CPU.
 
-MAE-pretrains a tiny Hiera at 64 px with the original full-grid and the abs-win position embedding, fine-tunes
-each on a shape x quadrant classification task (8 classes) at 64 and 128 px (interpolated original embedding = the bug,
-vs abs-win) over several seeds, and writes results.json, table.md and window_similarity.png.
+MAE-pretrains a tiny Hiera at 64 px with the full-grid and the abs-win position embedding, fine-tunes each on a
+shape x quadrant classification task (8 classes) at 64 and 128 px (the full grid interpolated = the bug, vs abs-win)
+over several seeds, and writes results.json, table.md and window_similarity.png. The code is the ``reproduce_bug``
+package beside this file (it uses hieradet as a library); run this file from anywhere:
 
-    python tools/reproduce_bug.py --output output/reproduce_bug            # the full run (see docs/reproduce_bug.md)
-    python tools/reproduce_bug.py --quick --output /tmp/reproduce_quick    # well under a minute, for tests
-    python tools/reproduce_bug.py --pretrain-only --pretrain-iters 600     # pretraining + window similarity only
+    python projects/ReproduceBug/reproduce.py --output output/reproduce_bug          # the full run (README.md)
+    python projects/ReproduceBug/reproduce.py --quick --output /tmp/reproduce_quick  # well under a minute, for tests
+    python projects/ReproduceBug/reproduce.py --pretrain-only --pretrain-iters 600   # pretraining + window similarity
 """
 
 import argparse
 import sys
 
-from hieradet.pretrain.reproduce import FULL, QUICK, run_reproduction, settings_from
+from reproduce_bug import FULL, QUICK, run_reproduction, settings_from
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(st, name)}")
     if len(st.seeds) < 2:
         raise SystemExit("give at least two --seeds (the table reports mean ± std over seeds)")
-    st.extra["command"] = " ".join(["tools/reproduce_bug.py"] + list(argv if argv is not None else sys.argv[1:]))
+    command = ["projects/ReproduceBug/reproduce.py"] + list(argv if argv is not None else sys.argv[1:])
+    st.extra["command"] = " ".join(command)
     return run_reproduction(st, args.output)
 
 

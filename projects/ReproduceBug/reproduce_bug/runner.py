@@ -4,55 +4,47 @@ interpolate the global one) does not.
 
 Steps (:func:`run_reproduction`):
 
-1. Render a generated scene set in memory (:func:`render_scenes`): a textured, cluttered background and a
-   few geometric shapes; any scene can be rendered at any pixel size.
+1. Render a generated scene set in memory (:func:`~reproduce_bug.scenes.render_scenes`): a textured, cluttered
+   background and a few geometric shapes; any scene can be rendered at any pixel size.
 2. Sparse-MAE pretrain (:class:`~hieradet.pretrain.HieraMAE`) a tiny Hiera at ``img_size`` (64 px) twice,
-   once with the original full-grid embedding and once with abs-win (8x8 window + one global token per
-   mask unit), same images, same masks, same seed.
+   once with the full-grid embedding (``"interpolate"``: interpolated at fine-tuning, the bug) and once with
+   abs-win (8x8 window + one global token per mask unit), same images, same masks, same seed.
 3. Fine-tune each on a classification task where both shape and position matter (label = shape x quadrant
    of one coloured target shape, square or cross: 8 classes), at the pretraining size and at 2x (the same
-   scenes rendered at 128 px): the original embedding is bicubic-interpolated to the larger grid (the bug),
+   scenes rendered at 128 px): the full-grid embedding is bicubic-interpolated to the larger grid (the bug),
    abs-win tiles the window embedding and interpolates the global one (``pos_embed="abswin_single"``, as
    Hiera classification does). Hyperparameters are the same in every cell; only the fine-tuning seed changes.
 4. Report top-1 (mean, std over seeds) as a markdown table and JSON, and the window similarity of the
    pretrained embeddings (Bolya et al. 2024, Fig. 4 / 8: mean pairwise cosine similarity of the windows).
+
+The two embeddings are named as in ``hieradet.modeling``: ``"interpolate"`` and ``"abswin"`` (:data:`KINDS`).
+Results written before the rename call the first ``"original"``; :func:`format_table` reads them too.
 """
 
 import json
-import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..analysis import window_similarity
-from ..modeling.hieradet import HieraDet
-from .checkpoint import pretrain_encoder_kwargs
-from .engine import cosine_lr, mae_param_groups
-from .mae import HieraMAE
+from hieradet.analysis import window_similarity
+from hieradet.modeling.hieradet import HieraDet
+from hieradet.pretrain import HieraMAE, pretrain_encoder_kwargs
+from hieradet.pretrain.engine import cosine_lr, mae_param_groups
 
-__all__ = [
-    "ToySettings",
-    "QUICK",
-    "FULL",
-    "render_scenes",
-    "normalise",
-    "sample_scenes",
-    "HieraClassifier",
-    "window_similarity",
-    "run_reproduction",
-    "format_table",
-    "settings_from",
-]
+from .head import HieraClassifier
+from .scenes import normalise, render_scenes, sample_scenes
 
-SHAPES = ("circle", "square", "triangle", "cross")
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+__all__ = ["ToySettings", "QUICK", "FULL", "KINDS", "run_reproduction", "format_table", "settings_from"]
+
+KINDS = ("interpolate", "abswin")  # the pretraining embeddings compared (hieradet.pretrain.POS_EMBED_TYPES)
+_OLD_KIND_NAMES = {"original": "interpolate"}  # results.json written before the rename
+# the embedding mode each kind is fine-tuned with at any image size
+_FINETUNE_MODE = {"interpolate": "interpolate", "abswin": "abswin_single"}
 
 
 @dataclass
@@ -104,140 +96,6 @@ QUICK = ToySettings(
 )
 
 
-# ------------------------------------------------------------------------------------------- scenes
-
-
-def _unit_polygon(kind: str) -> np.ndarray:
-    if kind == "circle":
-        t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
-        return np.stack([np.cos(t), np.sin(t)], 1)
-    if kind == "square":
-        return np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], float) * 0.8
-    if kind == "triangle":
-        t = -math.pi / 2 + np.arange(3) * 2 * math.pi / 3
-        return np.stack([np.cos(t), np.sin(t)], 1)
-    if kind == "cross":
-        a, b = 1.0, 0.34
-        return np.array(
-            [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
-        )
-    raise ValueError(kind)
-
-
-def sample_scenes(
-    n: int,
-    seed: int,
-    labelled: bool,
-    shapes: Sequence[str] = ("square", "cross"),
-    target_radius: Sequence[float] = (0.15, 0.2),
-    distractors: Sequence[int] = (0, 1),
-    clutter_lines: Sequence[int] = (1, 2),
-) -> List[dict]:
-    """Scene descriptions in unit coordinates (independent of the pixel size they are rendered at).
-
-    A labelled scene has ``clutter_lines`` background strokes, ``distractors`` small grey shapes (any of
-    :data:`SHAPES`) and one coloured *target* (one of ``shapes``, radius in ``target_radius``, well inside
-    one quadrant); its label is ``shapes.index(target) * 4 + quadrant`` (quadrant 0-3: top-left, top-right,
-    bottom-left, bottom-right). An unlabelled scene (pretraining) has 2-5 strokes and 1-3 coloured shapes
-    anywhere.
-    """
-    for kind in shapes:
-        if kind not in SHAPES:
-            raise ValueError(f"unknown shape {kind!r}; choose from {SHAPES}")
-    rng = np.random.default_rng(seed)
-    scenes = []
-    for _ in range(n):
-        bg = rng.uniform(40, 215, (2, 3))
-        lines = (int(clutter_lines[0]), int(clutter_lines[1]) + 1) if labelled else (2, 6)
-        clutter = [(rng.uniform(0, 1, 4), rng.uniform(0, 255, 3)) for _ in range(int(rng.integers(*lines)))]
-        items = []
-        label = -1
-        if labelled:
-            for _ in range(int(rng.integers(distractors[0], distractors[1] + 1))):
-                items.append(
-                    dict(kind=SHAPES[int(rng.integers(4))], cx=rng.uniform(0.1, 0.9), cy=rng.uniform(0.1, 0.9),
-                         r=rng.uniform(0.05, 0.08), angle=rng.uniform(0, 2 * math.pi),
-                         colour=np.full(3, rng.uniform(90, 160)))
-                )  # fmt: skip
-            kind = int(rng.integers(len(shapes)))
-            quad = int(rng.integers(4))
-            cx = (quad % 2) * 0.5 + rng.uniform(0.17, 0.33)
-            cy = (quad // 2) * 0.5 + rng.uniform(0.17, 0.33)
-            colour = rng.uniform(0, 255, 3)
-            colour[int(rng.integers(3))] = 255.0 if rng.random() < 0.5 else 0.0
-            items.append(
-                dict(kind=shapes[kind], cx=cx, cy=cy, r=rng.uniform(*target_radius), angle=rng.uniform(-0.4, 0.4),
-                     colour=colour)
-            )  # fmt: skip
-            label = kind * 4 + quad
-        else:
-            for _ in range(int(rng.integers(1, 4))):
-                items.append(
-                    dict(kind=SHAPES[int(rng.integers(4))], cx=rng.uniform(0.1, 0.9), cy=rng.uniform(0.1, 0.9),
-                         r=rng.uniform(0.06, 0.2), angle=rng.uniform(0, 2 * math.pi), colour=rng.uniform(0, 255, 3))
-                )  # fmt: skip
-        scenes.append(dict(bg=bg, clutter=clutter, shapes=items, label=label, noise_seed=int(rng.integers(1 << 31))))
-    return scenes
-
-
-def render_scenes(scenes: List[dict], size: int) -> torch.Tensor:
-    """Renders scenes at ``size`` x ``size`` px: a (N, 3, size, size) uint8 tensor."""
-    import cv2
-
-    out = np.empty((len(scenes), size, size, 3), np.uint8)
-    yy = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    for i, s in enumerate(scenes):
-        img = (s["bg"][0] * (1 - yy) + s["bg"][1] * yy) * np.ones((1, size, 1), np.float32)
-        img = img + np.random.default_rng(s["noise_seed"]).normal(0, 8, (size, size, 3))
-        img = np.clip(img, 0, 255).astype(np.uint8)
-        for seg, colour in s["clutter"]:
-            p1 = (int(seg[0] * size), int(seg[1] * size))
-            p2 = (int(seg[2] * size), int(seg[3] * size))
-            cv2.line(img, p1, p2, tuple(float(c) for c in colour), max(1, size // 64), lineType=cv2.LINE_AA)
-        for sh in s["shapes"]:
-            c, sn = math.cos(sh["angle"]), math.sin(sh["angle"])
-            pts = _unit_polygon(sh["kind"]) @ np.array([[c, sn], [-sn, c]]) * sh["r"] + (sh["cx"], sh["cy"])
-            poly = np.round(pts * size * 16).astype(np.int32)
-            cv2.fillPoly(img, [poly], tuple(float(v) for v in sh["colour"]), lineType=cv2.LINE_AA, shift=4)
-        out[i] = img
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float, ImageNet mean / std."""
-    mean = torch.from_numpy(MEAN).view(1, 3, 1, 1)
-    std = torch.from_numpy(STD).view(1, 3, 1, 1)
-    return (images.float() - mean) / std
-
-
-# ------------------------------------------------------------------------------------------- models
-
-
-class HieraClassifier(nn.Module):
-    """A HieraDet trunk + mean pool of the last stage + LayerNorm + linear head (Hiera's classifier).
-
-    Args:
-        trunk (HieraDet): the backbone; its ``scale5`` output is pooled.
-        num_classes (int): outputs of the linear head.
-        regions (int): 1 mean-pools the whole last stage (Hiera's head); ``r > 1`` mean-pools it over an
-            ``r x r`` grid of cells, normalises each and concatenates them (the same head at every image size).
-    """
-
-    def __init__(self, trunk: HieraDet, num_classes: int, regions: int = 1):
-        super().__init__()
-        if regions < 1:
-            raise ValueError(f"regions must be >= 1, got {regions}")
-        self.trunk = trunk
-        self.regions = regions
-        dim = trunk._out_feature_channels["scale5"]
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim * regions * regions, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = nn.functional.adaptive_avg_pool2d(self.trunk(x)["scale5"], self.regions)  # B, C, r, r
-        return self.head(self.norm(f.flatten(2).transpose(1, 2)).flatten(1))
-
-
 def _encoder_kwargs(st: ToySettings, pos_embed_type: str) -> dict:
     return pretrain_encoder_kwargs(
         None, st.img_size, pos_embed_type, embed_dim=st.embed_dim, num_heads=st.num_heads, stages=tuple(st.stages)
@@ -247,7 +105,7 @@ def _encoder_kwargs(st: ToySettings, pos_embed_type: str) -> dict:
 def _classifier_kwargs(st: ToySettings, pos_embed_type: str) -> dict:
     """The fine-tuning trunk: Hiera classification layout (mask-unit windows, global stages 3-4, all poolings)."""
     kw = _encoder_kwargs(st, pos_embed_type)
-    kw.update(q_pool=3, pos_embed="interpolate" if pos_embed_type == "original" else "abswin_single")
+    kw.update(q_pool=3, pos_embed=_FINETUNE_MODE[pos_embed_type])
     return kw
 
 
@@ -287,7 +145,7 @@ def pretrain_toy(st: ToySettings, pos_embed_type: str, images: torch.Tensor, log
         if (it + 1) % max(1, st.pretrain_iters // 10) == 0:
             el = time.perf_counter() - t0
             log(
-                f"  pretrain {pos_embed_type:8s} iter {it + 1}/{st.pretrain_iters} loss {losses[-1]:.4f} "
+                f"  pretrain {pos_embed_type:11s} iter {it + 1}/{st.pretrain_iters} loss {losses[-1]:.4f} "
                 f"eta {el / (it + 1) * (st.pretrain_iters - it - 1):.0f}s"
             )
     return dict(state=enc.state_dict(), losses=losses, seconds=time.perf_counter() - t0, embed=enc.pos_embed)
@@ -334,19 +192,21 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 
 
 def format_table(result: dict) -> str:
-    """The markdown table of a :func:`run_reproduction` result."""
+    """The markdown table of a :func:`run_reproduction` result (also one written before the rename, whose cells
+    say ``"original"`` for ``"interpolate"``)."""
     st = result["settings"]
+    cells = {_OLD_KIND_NAMES.get(k, k): v for k, v in result["cells"].items()}
     sizes = [st["img_size"] * s for s in st["scales"]]
     head = "| position embedding at fine-tuning | " + " | ".join(f"{s} px" for s in sizes) + " | change |"
     lines = [head, "|---|" + "---:|" * (len(sizes) + 1)]
     names = {
-        "original": "original full grid, interpolated (the bug)",
+        "interpolate": "full grid, interpolated (the bug)",
         "abswin": "abs-win: window tiled + global interpolated",
     }
-    for kind in ("original", "abswin"):
-        cells = [result["cells"][kind][str(s)] for s in sizes]
-        txt = [f"{c['mean']:.1f} ± {c['std']:.1f}" for c in cells]
-        change = cells[-1]["mean"] - cells[0]["mean"]
+    for kind in KINDS:
+        row = [cells[kind][str(s)] for s in sizes]
+        txt = [f"{c['mean']:.1f} ± {c['std']:.1f}" for c in row]
+        change = row[-1]["mean"] - row[0]["mean"]
         lines.append(f"| {names[kind]} | " + " | ".join(txt) + f" | {change:+.1f} |")
     return "\n".join(lines)
 
@@ -358,15 +218,15 @@ def plot_embeddings(result: dict, embeds: Dict[str, nn.Module], st: ToySettings,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..modeling.pos_embed import AbsWinPosEmbed
+    from hieradet.modeling.pos_embed import AbsWinPosEmbed
 
     big = st.img_size * max(st.scales) // 4
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
-    for col, kind in enumerate(("original", "abswin")):
+    for col, kind in enumerate(KINDS):
         pe = embeds[kind]
         with torch.no_grad():
             small = pe.pretrain_embed()[0].detach()
-            mode = "interpolate" if kind == "original" else "abswin_single"
+            mode = _FINETUNE_MODE[kind]
             twin = AbsWinPosEmbed(
                 small.shape[0], pe.pretrain_size,
                 None if pe.window_embed is None else pe.window_embed.shape[-1],
@@ -384,7 +244,7 @@ def plot_embeddings(result: dict, embeds: Dict[str, nn.Module], st: ToySettings,
             a.set_yticks([])
     sims = result["window_similarity"]
     labels, vals = [], []
-    for kind in ("original", "abswin"):
+    for kind in KINDS:
         for size, v in sims[kind].items():
             labels.append(f"{kind}\n{size} px")
             vals.append(v)
@@ -399,7 +259,7 @@ def plot_embeddings(result: dict, embeds: Dict[str, nn.Module], st: ToySettings,
 
 def run_reproduction(st: ToySettings = FULL, output_dir: str = "output/reproduce_bug", log=print) -> dict:
     """Runs the whole reproduction and writes ``results.json``, ``table.md`` and ``window_similarity.png``."""
-    from ..modeling.pos_embed import AbsWinPosEmbed
+    from hieradet.modeling.pos_embed import AbsWinPosEmbed
 
     if st.threads:
         torch.set_num_threads(st.threads)
@@ -428,7 +288,7 @@ def run_reproduction(st: ToySettings = FULL, output_dir: str = "output/reproduce
         window_similarity={},
     )
     embeds = {}
-    for kind in ("original", "abswin"):
+    for kind in KINDS:
         log(f"MAE pretraining, {kind} embedding")
         p = pretrain_toy(st, kind, pre, log)
         embeds[kind] = p["embed"]
@@ -443,7 +303,7 @@ def run_reproduction(st: ToySettings = FULL, output_dir: str = "output/reproduce
         with torch.no_grad():
             for s in st.scales:
                 size = st.img_size * s
-                mode = "interpolate" if kind == "original" else "abswin_single"
+                mode = _FINETUNE_MODE[kind]
                 twin = AbsWinPosEmbed(
                     pe.window_embed.shape[1] if pe.window_embed is not None else pe.global_embed.shape[1],
                     pe.pretrain_size,
@@ -466,7 +326,7 @@ def run_reproduction(st: ToySettings = FULL, output_dir: str = "output/reproduce
                 r = finetune_toy(st, kind, p["state"], imgs[:n], labels[:n], imgs[n:], labels[n:], seed)
                 top1.append(r["top1"])
                 result["runs"].append(dict(embed=kind, size=size, seed=seed, **r))
-                log(f"  fine-tune {kind:8s} {size:4d} px seed {seed}: top-1 {r['top1']:.1f} ({r['seconds']:.0f}s)")
+                log(f"  fine-tune {kind:11s} {size:4d} px seed {seed}: top-1 {r['top1']:.1f} ({r['seconds']:.0f}s)")
             result["cells"][kind][str(size)] = dict(values=top1, **_mean_std(top1))
     result["seconds"] = time.perf_counter() - t_start
     if st.pretrain_only:
