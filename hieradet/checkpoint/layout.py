@@ -49,6 +49,7 @@ from .convert import (
     backbone_classes,
     checkpoint_layout_from_conversion,
     convert_state_dict,
+    default_prefix,
     detect_format,
 )
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
@@ -348,10 +349,11 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
     cls = backbone_classes()[arch]
     built = {k: _config_value(node, cls, k) for k in record["architecture"]}
     if not all(same_value(built[k], v) for k, v in record["architecture"].items()):
+        detail = _shape_detail(path, record, node, allow_pickle)
         raise CheckpointError(
             f"size mismatch: {path} holds a {_describe(arch, record.get('size'), record['architecture'])} but the "
-            f"config builds {_describe(arch, None, built)} at {where}. Use the config of the checkpoint's size, "
-            "or the checkpoint of the config's size."
+            f"config builds {_describe(arch, None, built)} at {where}{detail}. Use the config of the checkpoint's "
+            "size, or the checkpoint of the config's size."
         )
     trained = record.get("kind") == "trained"
     for field, value in record["layout"].items():
@@ -381,6 +383,29 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
             log(f"{_PREFIX_LINE} {where}.{field}: {_fmt(current)} -> {_fmt(shown)} (from {name})")
             node[field] = value
     return cfg
+
+
+def _shape_detail(path: str, record: Mapping[str, Any], node: Any, allow_pickle: bool) -> str:
+    """`` (key: shape in the checkpoint vs shape in the model; ...)`` for the first backbone weights whose shapes
+    differ, from a free meta-device build of the config's backbone (empty when that fails)."""
+    import torch
+    from detectron2.config import instantiate
+
+    try:
+        with torch.device("meta"):
+            model_sd = instantiate(node).state_dict()
+        obj = load_checkpoint_file(_local_path(path), allow_pickle)
+        sd, _ = unwrap_state_dict(obj, path)
+    except Exception:  # the message without the detail is still right
+        return ""
+    prefix = record.get("prefix") or default_prefix(record["arch"])
+    ours = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and hasattr(v, "shape")}
+    wrong = [
+        f"{k}: {tuple(v.shape)} in the checkpoint vs {tuple(model_sd[k].shape)} in the model"
+        for k, v in ours.items()
+        if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape)
+    ][:3]
+    return f" ({'; '.join(wrong)})" if wrong else ""
 
 
 def _fmt(v: Any) -> str:
