@@ -41,7 +41,10 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError as e:  # pragma: no cover - safetensors comes with timm
-            raise CheckpointError(f"reading {path} needs the `safetensors` package (pip install safetensors)") from e
+            raise CheckpointError(
+                f"reading {path} needs the `safetensors` package, hieradet's `safetensors` extra: "
+                "pip install 'hieradet[safetensors]' (or pip install safetensors)"
+            ) from e
         try:
             return load_file(path, device="cpu")
         except Exception as e:
