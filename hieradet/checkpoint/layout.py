@@ -6,7 +6,7 @@ the one-level embedding at 1024 px; SAM 2-L: windows 16/8). Every file the proje
 checkpoints, ``model_*.pth`` and ``model_final.pth`` of a training run) therefore carries, under the
 ``__hieradet__`` metadata key::
 
-    {"version": 2,
+    {"version": 3,
      "kind": "converted" | "trained",
      "arch": "HieraDet" | "ViT" | "HiViT",
      "size": "T" | ... | None,                  # preset name, None for a custom size
@@ -22,6 +22,11 @@ converted files also keep ``source_format``, ``backbone_kwargs``, ``embed_kwargs
 file gets its record from :func:`~hieradet.checkpoint.convert.convert_state_dict`). The ``pos_embed`` of a
 converted file is the weights' natural mode, which a config may replace on purpose (the ``interpolate``
 ablations); the mode of a trained file is the one it was trained in, and binding.
+
+Since version 3 the same record (version, kind, arch, architecture, layout) also travels inside the weights, as
+each backbone's ``layout_record`` buffer (:mod:`hieradet.modeling.layout_record`), so loaders that never see the
+metadata (detectron2's ``DetectionCheckpointer``, ``model.load_state_dict``) check and apply it too; files of
+versions 1 and 2 get it from their metadata when our tools load them (:func:`add_layout_record`).
 """
 
 import inspect
