@@ -4,6 +4,7 @@ environment the package documents (torch, torchvision, detectron2 and detectron2
 from a named extra whose missing package gives an error naming the extra."""
 
 import ast
+import functools
 import json
 import os
 import re
@@ -78,8 +79,13 @@ def _setuptools_vendored():
     return {n for n in names if not n.endswith("_info")}
 
 
+@functools.cache
+def _packages_distributions():
+    return metadata.packages_distributions()
+
+
 def _distributions(module: str):
-    return {_norm(d) for d in metadata.packages_distributions().get(module, [])}
+    return {_norm(d) for d in _packages_distributions().get(module, [])}
 
 
 def _package_imports():
@@ -180,6 +186,7 @@ json.dump(sorted({{m.split(".")[0] for m in sys.modules}}), open(os.path.join({d
 """
 
 
+@pytest.mark.slow
 def test_a_stock_train_and_eval_run_imports_only_declared_packages(tmp_path):
     """One iteration of the stock HieraDet-T config (shrunk by make_tiny) and its evaluation, in a fresh process."""
     script = RUN.format(
