@@ -47,9 +47,24 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hieradet", "hieradet.*"]),
     cmdclass={"build_py": BuildWithModelZoo},
-    install_requires=["fvcore", "iopath", "pycocotools", "omegaconf", "faster-coco-eval>=1.6", "shapely"],
+    # what the package imports beyond torch, torchvision, detectron2 (see above) and OpenCV, which detectron2 asks its
+    # users to bring (opencv-python or opencv-python-headless: naming one would install it beside the other);
+    # tests/test_doors_requirements.py checks this list against the imports of the package and of a stock run
+    install_requires=[
+        "fvcore",
+        "iopath",
+        "numpy",
+        "Pillow",
+        "pycocotools",
+        "omegaconf",
+        "faster-coco-eval>=1.6",  # every stock config's evaluator
+        "shapely",  # detectron2 crops polygon masks with it (LSJ)
+    ],
     extras_require={
+        # lvis 0.5.3 asks for opencv-python (libGL); tools/install.sh installs it with --no-deps instead
         "lvis": ["lvis"],
+        "sam2": ["sam2>=1.1"],  # the SAM 2 trunk in the comparison benchmarks (hieradet.benchmark)
+        "safetensors": ["safetensors"],  # reading .safetensors checkpoints
         "export": ["onnx>=1.17", "onnxscript", "onnxruntime>=1.20"],
         "cluster": ["submitit>=1.5"],
         "test": ["pytest", "timm", "hiera-transformer"],

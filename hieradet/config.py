@@ -15,11 +15,16 @@ Usage from another Detectron2 project::
     cfg.MODEL.FPN.IN_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
     optimizer = build_recipe_optimizer(cfg, model)  # AdamW with the size's lr, layer decay and groups
 
+The builders apply the layout of ``MODEL.WEIGHTS`` (:func:`apply_yacs_checkpoint_layout`) to a copy of the config
+before building, printing one line per key they change, so a raw public file (official Hiera, SAM 2, timm abs-win,
+MAE ViT, HiViT), a converted one or a ``model_final.pth`` builds the backbone its weights need.
+
 ``-1`` in ``DROP_PATH_RATE``, ``LR_DECAY_RATE`` and ``BASE_LR`` means the size's default, the same values the
 LazyConfigs use (``hieradet.solver.HIERADET_RECIPES`` / ``VITDET_RECIPES``: Bolya et al. 2024 Tab. 16, ViTDet).
 """
 
-from typing import List
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
@@ -35,6 +40,7 @@ from .solver.recipes import size_recipe
 
 __all__ = [
     "add_hieradet_config",
+    "apply_yacs_checkpoint_layout",
     "add_hivit_config",
     "build_hieradet_backbone",
     "build_hieradet_fpn_backbone",
@@ -130,7 +136,210 @@ def build_recipe_optimizer(cfg: CN, model):
     return torch.optim.AdamW(params, lr=recipe["lr"], betas=(0.9, 0.999), weight_decay=recipe["weight_decay"])
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the layout of MODEL.WEIGHTS
+
+# layout field -> (yacs key, to yacs value); a field without a key must already agree with what the size builds
+_YACS_LAYOUT = {
+    "hieradet": {
+        "pretrain_img_size": "PRETRAIN_IMG_SIZE",
+        "pos_embed": "POS_EMBED",
+        "pos_embed_window": "POS_EMBED_WINDOW",
+        "pos_embed_global": "POS_EMBED_GLOBAL",
+        "pos_embed_antialias": "POS_EMBED_ANTIALIAS",
+        "window_size": "WINDOW_SIZE",
+        "global_blocks": "GLOBAL_BLOCKS",
+        "expand_proj": "EXPAND_PROJ",
+        "img_size": "IMG_SIZE",
+    },
+    "vitdet": {
+        "pretrain_img_size": "PRETRAIN_IMG_SIZE",
+        "pos_embed": "POS_EMBED",
+        "window_size": "WINDOW_SIZE",
+        "img_size": "IMG_SIZE",
+    },
+    "hivit": {
+        "pos_embed": "POS_EMBED",
+        "window_size": "WINDOW_SIZE",
+        "global_blocks": "GLOBAL_BLOCKS",
+        "out_norm": "OUT_NORM",
+        "img_size": "IMG_SIZE",
+    },
+}
+_ARCH = {"hieradet": "HieraDet", "vitdet": "ViT", "hivit": "HiViT"}
+_NODE = {"hieradet": "HIERADET", "vitdet": "VITDET", "hivit": "HIVIT"}
+
+
+def _yacs_family(cfg: CN) -> Optional[str]:
+    name = cfg.MODEL.BACKBONE.NAME
+    if name in ("build_hieradet_backbone", "build_hieradet_fpn_backbone"):
+        return "hieradet"
+    if name == "build_vitdet_backbone":
+        return "vitdet"
+    if name in ("build_hivit_backbone", "build_hivit_fpn_backbone"):
+        return "hivit"
+    return None
+
+
+def _built_values(family: str, c: CN) -> Dict[str, Any]:
+    """The layout and architecture fields the yacs node ``c`` builds with, as the layout record names them."""
+    if family == "hieradet":
+        kw = hieradet_kwargs(c.SIZE)
+        if c.GLOBAL_BLOCKS:
+            kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
+        kw.update(
+            pretrain_img_size=c.PRETRAIN_IMG_SIZE,
+            pos_embed=c.POS_EMBED,
+            pos_embed_window=c.POS_EMBED_WINDOW or None,
+            pos_embed_global=c.POS_EMBED_GLOBAL or None,
+            pos_embed_antialias=c.POS_EMBED_ANTIALIAS,
+            window_size=tuple(c.WINDOW_SIZE),
+            expand_proj=c.EXPAND_PROJ,
+            img_size=c.IMG_SIZE,
+        )
+    elif family == "vitdet":
+        kw = dict(vit_kwargs(c.SIZE), pretrain_img_size=c.PRETRAIN_IMG_SIZE, pos_embed=c.POS_EMBED)
+        kw.update(window_size=c.WINDOW_SIZE, img_size=c.IMG_SIZE)
+    else:
+        kw = hivit_kwargs(c.SIZE)
+        if c.GLOBAL_BLOCKS:
+            kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
+        kw.update(pos_embed=c.POS_EMBED, window_size=c.WINDOW_SIZE, out_norm=c.OUT_NORM, img_size=c.IMG_SIZE)
+    cls = {"hieradet": HieraDet, "vitdet": ViT, "hivit": HiViT}[family]
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    values = dict(defaults, **kw)
+    if values.get("global_blocks") is None and family == "hieradet":
+        from .modeling.hieradet import default_global_blocks
+
+        values["global_blocks"] = default_global_blocks(tuple(values["stages"]))
+    if values.get("global_blocks") is None and family == "hivit":
+        from .modeling.hivit import default_hivit_global_blocks
+
+        depth = tuple(values["depths"])[2]
+        values["global_blocks"] = default_hivit_global_blocks(depth, min(4, depth))
+    return values
+
+
+def _yacs_value(field: str, value: Any) -> Any:
+    if field in ("pos_embed_window", "pos_embed_global") and value is None:
+        return 0  # the yacs keys' "none"
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def apply_yacs_checkpoint_layout(
+    cfg: CN, path: Optional[str] = None, allow_pickle: bool = False, log: Optional[Callable[[str], None]] = None
+) -> List[Tuple[str, Any, Any]]:
+    """Sets the ``MODEL.HIERADET`` / ``MODEL.VITDET`` / ``MODEL.HIVIT`` keys the weights in ``path`` (default:
+    ``MODEL.WEIGHTS``) need, as :func:`hieradet.checkpoint.apply_checkpoint_layout` sets a LazyConfig's fields.
+
+    ``POS_EMBED="auto"`` becomes the checkpoint's mode; an explicit mode is kept for a converted or raw file (and the
+    line says so) and refused for a trained one. Nothing happens without weights, for a backbone that is not ours,
+    or for a detectron2 file without a layout record (e.g. a ``.pkl``).
+
+    Args:
+        cfg: a yacs config with this package's keys (changed in place; it must not be frozen).
+        path (str or None): the checkpoint; ``None`` reads ``cfg.MODEL.WEIGHTS``.
+        allow_pickle (bool): see :func:`hieradet.checkpoint.load_checkpoint_file`.
+        log: where the lines go (default: ``print``).
+    Returns:
+        ``[(key, old, new)]`` of the keys it changed.
+    Raises:
+        FileNotFoundError, CheckpointError: no such file; a damaged or unknown file; weights of another family or
+            size than ``MODEL.*.SIZE`` builds; a trained file whose mode the config contradicts; a recorded field
+            the yacs keys cannot express.
+    """
+    from .checkpoint import CheckpointError, read_checkpoint_layout
+    from .checkpoint.layout import _merged_windows
+    from .modeling.layout_record import same_img_size, same_value
+
+    log = log or (lambda line: print(line, flush=True))
+    path = cfg.MODEL.WEIGHTS if path is None else path
+    family = _yacs_family(cfg)
+    if not path or family is None:
+        return []
+    name = os.path.basename(path.split("?")[0])
+    if name.endswith(".pkl"):
+        return []  # detectron2's pickled model zoo files: none of our backbones
+    record = read_checkpoint_layout(path, allow_pickle)
+    if record is None:
+        log(f"[checkpoint layout] {name} has no layout record (a detectron2 checkpoint): the config's layout is kept")
+        return []
+    node_name = _NODE[family]
+    if node_name not in cfg.MODEL:
+        add = "add_hivit_config" if family == "hivit" else "add_hieradet_config"
+        raise KeyError(f"cfg.MODEL.{node_name} is missing: call hieradet.config.{add}(cfg) first")
+    c, arch = cfg.MODEL[node_name], _ARCH[family]
+    if record["arch"] != arch:
+        raise CheckpointError(
+            f"{path} holds {record['arch']} weights, but MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} builds a "
+            f"{arch}. Use a backbone of the checkpoint's family."
+        )
+    built = _built_values(family, c)
+    arch_fields = record["architecture"]
+    if not all(same_value(built[k], v) for k, v in arch_fields.items()):
+        shape = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in arch_fields.items())
+        have = ", ".join(f"{k}={tuple(built[k]) if isinstance(built[k], list) else built[k]}" for k in arch_fields)
+        size = f" (MODEL.{node_name}.SIZE = {record['size']!r})" if record.get("size") else ""
+        raise CheckpointError(
+            f"size mismatch: {path} holds a {arch} with {shape}{size}, but MODEL.{node_name}.SIZE={c.SIZE!r} builds "
+            f"{have}. Set the size of the checkpoint, or use the checkpoint of the config's size."
+        )
+    trained = record.get("kind") == "trained"
+    changes = []
+    for field, value in record["layout"].items():
+        current = built.get(field)
+        key = _YACS_LAYOUT[family].get(field)
+        if field == "pos_embed":
+            if current == "auto":
+                why = "the mode it was trained in" if trained else "the checkpoint's natural mode"
+                log(f"[checkpoint layout] MODEL.{node_name}.POS_EMBED: 'auto' -> {value!r} ({why}, from {name})")
+                changes.append((f"MODEL.{node_name}.POS_EMBED", current, value))
+                c.POS_EMBED = value
+            elif current != value:
+                if trained:
+                    raise CheckpointError(
+                        f"layout conflict: {path} was trained with pos_embed={value!r}, but "
+                        f"MODEL.{node_name}.POS_EMBED={current!r}. Set it to 'auto' (or {value!r}) to run the "
+                        "weights as trained."
+                    )
+                log(
+                    f"[checkpoint layout] MODEL.{node_name}.POS_EMBED: keeping {current!r}, named by the config (the "
+                    f"checkpoint's natural mode is {value!r})"
+                )
+            continue
+        if field == "window_size":
+            value = _merged_windows(_yacs_value(field, current), value)
+        if field == "img_size" and same_img_size(arch, current, value):
+            continue
+        if same_value(current, value):
+            continue
+        if key is None:
+            raise CheckpointError(
+                f"{path} needs {field}={value!r}, but the yacs keys of MODEL.{node_name} cannot set it (the size "
+                f"builds {field}={current!r}). Build the backbone with a LazyConfig and "
+                "hieradet.checkpoint.apply_checkpoint_layout instead."
+            )
+        new, old = _yacs_value(field, value), c[key]
+        log(f"[checkpoint layout] MODEL.{node_name}.{key}: {old!r} -> {new!r} (from {name})")
+        changes.append((f"MODEL.{node_name}.{key}", old, new))
+        c[key] = new
+    return changes
+
+
+def _with_weights_layout(cfg: CN) -> CN:
+    """A copy of ``cfg`` with the layout of ``MODEL.WEIGHTS`` applied (the builders build from it)."""
+    if not cfg.MODEL.WEIGHTS or _yacs_family(cfg) is None:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    apply_yacs_checkpoint_layout(cfg)
+    return cfg
+
+
 def _hieradet_from_cfg(cfg: CN) -> HieraDet:
+    cfg = _with_weights_layout(cfg)
     c = cfg.MODEL.HIERADET
     kw = hieradet_kwargs(c.SIZE)
     kw["drop_path_rate"] = recipe_from_cfg(cfg, "hieradet")["drop_path_rate"]
@@ -188,6 +397,7 @@ def _fpn_from_cfg(cfg: CN, bottom_up, name: str, square_pad: int = 0) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_vitdet_backbone(cfg: CN, input_shape: ShapeSpec) -> SimpleFeaturePyramid:
     """Fixed ViTDet (abs-win ViT) + detectron2's SimpleFeaturePyramid (p2-p6), square-padded."""
+    cfg = _with_weights_layout(cfg)
     v = cfg.MODEL.VITDET
     kw = vit_kwargs(v.SIZE)
     kw["drop_path_rate"] = recipe_from_cfg(cfg, "vitdet")["drop_path_rate"]
@@ -235,6 +445,7 @@ def add_hivit_config(cfg: CN) -> None:
 def _hivit_from_cfg(cfg: CN) -> HiViT:
     if "HIVIT" not in cfg.MODEL:
         raise KeyError("cfg.MODEL.HIVIT is missing: call hieradet.config.add_hivit_config(cfg) first")
+    cfg = _with_weights_layout(cfg)
     c = cfg.MODEL.HIVIT
     kw = hivit_kwargs(c.SIZE)
     if c.GLOBAL_BLOCKS:

@@ -21,6 +21,7 @@ from hieradet.checkpoint import (
     load_checkpoint_file,
 )
 from hieradet.modeling import HieraDet
+from hieradet.modeling.layout_record import strip_layout_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -84,7 +85,7 @@ def test_converted_file_loads_into_mask_rcnn(tiny_hiera):
                 p.zero_()
         checkpointer.load(str(out))
         got = model.state_dict()
-        for k, v in converted["model"].items():
+        for k, v in strip_layout_records(converted["model"]).items():
             assert torch.equal(got[k], v), k
     grid = src_sd["pos_embed"].reshape(1, 56, 56, 32).permute(0, 3, 1, 2)
     assert torch.equal(model.backbone.bottom_up.pos_embed.window_embed, grid)
@@ -109,9 +110,10 @@ def test_embedding_layout_mismatch_is_an_error(tiny_hiera):
     assert "window 56x56 + no global embedding" in msg and "window 8x8 + global 7x7" in msg
     assert "model.backbone.bottom_up.pos_embed_window=56" in msg
     assert "model.backbone.bottom_up.pos_embed_global=null" in msg
-    # what plain detectron2 would do instead: skip the embedding with a warning, leaving it random
+    # plain detectron2 skips the mismatched embedding before loading; the record in the weights stops it
     before = model.backbone.bottom_up.pos_embed.window_embed.clone()
-    DetectionCheckpointer(model).load(str(out))
+    with pytest.raises(CheckpointError, match=r"pos_embed_window=56.*apply_checkpoint_layout"):
+        DetectionCheckpointer(model).load(str(out))
     assert torch.equal(model.backbone.bottom_up.pos_embed.window_embed, before)
     # a bare backbone too
     with pytest.raises(CheckpointError, match="position-embedding layout mismatch"):

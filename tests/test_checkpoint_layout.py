@@ -14,6 +14,8 @@ from hieradet.checkpoint import (
     convert_state_dict,
     read_checkpoint_layout,
 )
+from hieradet.checkpoint.layout import LAYOUT_VERSION
+from hieradet.modeling.layout_record import strip_layout_records
 from hieradet.testing import tiny_mask_rcnn
 
 hiera = pytest.importorskip("hiera")
@@ -143,7 +145,7 @@ def test_wrong_size_and_wrong_architecture_are_refused_before_building(official)
 def test_converted_files_carry_the_record(official, tmp_path):
     result = convert_state_dict(torch.load(official, weights_only=True), num_heads=1)
     meta = build_converted_checkpoint(result)[METADATA_KEY]
-    assert meta["version"] == 2 and meta["kind"] == "converted"
+    assert meta["version"] == LAYOUT_VERSION == 3 and meta["kind"] == "converted"
     assert meta["layout"] == {
         "pretrain_img_size": 224,
         "pos_embed": "abswin",
@@ -165,6 +167,8 @@ def test_a_detectron2_file_without_a_record_keeps_the_config(tmp_path):
 
     model = instantiate(_cfg().model)
     DetectionCheckpointer(model, str(tmp_path)).save("plain")
+    plain = torch.load(tmp_path / "plain.pth", weights_only=False)
+    torch.save(dict(plain, model=strip_layout_records(plain["model"])), tmp_path / "plain.pth")  # as before v3
     cfg, lines = _cfg(), []
     apply_checkpoint_layout(cfg, str(tmp_path / "plain.pth"), log=lines.append)
     assert len(lines) == 1 and "has no layout record" in lines[0]

@@ -110,7 +110,10 @@ def build_backbone(name: str, img_size: int = 1024) -> nn.Module:
     try:
         from sam2.modeling.backbones.hieradet import Hiera
     except ImportError as e:
-        raise ImportError(f"{name} needs the `sam2` package (pip install sam2==1.1.0 --no-deps)") from e
+        raise ImportError(
+            f"{name} needs the `sam2` package, hieradet's `sam2` extra: pip install 'hieradet[sam2]' "
+            "(tools/install.sh installs sam2==1.1.0 with --no-deps)"
+        ) from e
     return Hiera(**sam2_hiera_kwargs(size))
 
 

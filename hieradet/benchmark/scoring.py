@@ -162,6 +162,9 @@ def load_gt(gt: dict, fmt: str, backend: str):
 
         api = COCO()
     else:
+        from hieradet.evaluation.lvis_compat import patch_lvis_numpy
+
+        patch_lvis_numpy()  # without lvis: an ImportError naming hieradet[lvis] and the --no-deps install
         from lvis import LVIS
 
         api = LVIS.__new__(LVIS)  # LVIS() only reads files; this is its constructor on a dict

@@ -26,7 +26,14 @@ from .convert import (
     summarize,
 )
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
-from .layout import check_model_layout, find_backbones, record_from_metadata, training_metadata
+from .layout import (
+    add_layout_record,
+    check_model_layout,
+    find_backbones,
+    record_from_metadata,
+    state_dict_records,
+    training_metadata,
+)
 
 __all__ = [
     "HieraDetCheckpointer",
@@ -176,6 +183,11 @@ class HieraDetCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
             checkpoint["model"] = sd
         if not backbones:
             return meta
+        if meta is None:  # e.g. a model_final.pth written by detectron2's own tools: the record is in the weights
+            inside = {p: r for p, r in state_dict_records(sd).items() if p in backbones}
+            if len(inside) == 1:
+                ((prefix, record),) = inside.items()
+                meta = dict(record, prefix=prefix)
         if meta is None and self.convert_raw:
             try:
                 detect_format(sd)
@@ -196,6 +208,8 @@ class HieraDetCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
                 logger.info("[HieraDetCheckpointer] moving backbone keys from %r to %r", src_prefix, prefix)
                 sd = {prefix + k[len(src_prefix) :] if k.startswith(src_prefix) else k: v for k, v in sd.items()}
             meta = dict(meta, prefix=prefix)
+            if add_layout_record(sd, meta, prefix):
+                logger.info("[HieraDetCheckpointer] %s: layout record from its %s metadata", self._source, METADATA_KEY)
         for prefix, (arch, module) in backbones.items():
             part = _split_by_prefix(sd, prefix)
             if part and (meta is None or meta.get("prefix") == prefix):
@@ -264,6 +278,7 @@ def load_backbone_checkpoint(backbone: nn.Module, checkpoint, allow_pickle: bool
         sd = result.state_dict
     else:
         sd = _split_by_prefix(sd, meta.get("prefix", ""))
+        add_layout_record(sd, meta, "")
     if meta.get("arch") != arch:
         raise CheckpointError(f"{source} holds {meta.get('arch')} weights but the backbone is a {arch}")
     check_backbone_state_dict(arch, backbone, sd, meta)

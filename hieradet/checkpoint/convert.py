@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..modeling.layout_record import LAYOUT_VERSION, RECORD_KEY, encode_record
 from .io import CheckpointError, unwrap_state_dict
 from .keymaps import grid_from_tokens, is_pretraining_key, map_official_hivit_keys, official_hivit_layout
 
@@ -49,6 +50,7 @@ __all__ = [
     "is_new_by_design",
     "config_overrides",
     "checkpoint_layout_from_conversion",
+    "converted_record",
     "METADATA_KEY",
     "summarize",
 ]
@@ -529,7 +531,7 @@ def _verify_against_model(result: ConversionResult, strict: bool) -> None:
         for k, v in result.state_dict.items()
         if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape)
     ]
-    missing = [k for k in model_sd if k not in result.state_dict]
+    missing = [k for k in model_sd if k not in result.state_dict and k != RECORD_KEY]  # added after the check
     by_design = [k for k in missing if is_new_by_design(k)]
     other_missing = [k for k in missing if k not in by_design]
     if wrong:
@@ -624,6 +626,7 @@ def convert_state_dict(
             + ("the original ViTDet also uses relpos='all'" if result.arch == "ViT" else "")
         )
     _verify_against_model(result, strict)
+    result.state_dict[RECORD_KEY] = encode_record(converted_record(result))
     return result
 
 
@@ -645,7 +648,7 @@ def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] =
         prefix += "."
     layout, architecture = checkpoint_layout_from_conversion(result)
     meta = {
-        "version": 2,
+        "version": LAYOUT_VERSION,
         "kind": "converted",
         "source_format": result.source_format,
         "source_file": source_file,
@@ -659,7 +662,23 @@ def build_converted_checkpoint(result: ConversionResult, prefix: Optional[str] =
         "architecture": architecture,
         "layout": layout,
     }
-    return {"model": {prefix + k: v for k, v in result.state_dict.items()}, METADATA_KEY: meta}
+    model = {prefix + k: v for k, v in result.state_dict.items()}
+    model[prefix + RECORD_KEY] = encode_record(converted_record(result))  # also when the caller dropped it
+    return {"model": model, METADATA_KEY: meta}
+
+
+def converted_record(result: ConversionResult) -> Dict[str, Any]:
+    """The layout record converted weights carry inside their state dict (see
+    :mod:`hieradet.modeling.layout_record`): the conversion's layout, with the weights' natural mode."""
+    layout, architecture = checkpoint_layout_from_conversion(result)
+    return {
+        "version": LAYOUT_VERSION,
+        "kind": "converted",
+        "arch": result.arch,
+        "source_format": result.source_format,
+        "architecture": architecture,
+        "layout": layout,
+    }
 
 
 def checkpoint_layout_from_conversion(result: ConversionResult) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -12,15 +12,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ..modeling.layout_record import CheckpointError  # defined with the load hooks that raise it too
+
 __all__ = ["CheckpointError", "load_checkpoint_file", "unwrap_state_dict", "STATE_DICT_CONTAINERS"]
 
 # where the weights sit inside a checkpoint file, in the order they are looked for:
 # MAE / SAM 2 / detectron2 ("model"), official Hiera ("model_state"), Lightning-style ("state_dict")
 STATE_DICT_CONTAINERS = ("model", "model_state", "state_dict", "module")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, is of an unknown format, or does not fit the model."""
 
 
 def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
@@ -43,7 +41,10 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError as e:  # pragma: no cover - safetensors comes with timm
-            raise CheckpointError(f"reading {path} needs the `safetensors` package (pip install safetensors)") from e
+            raise CheckpointError(
+                f"reading {path} needs the `safetensors` package, hieradet's `safetensors` extra: "
+                "pip install 'hieradet[safetensors]' (or pip install safetensors)"
+            ) from e
         try:
             return load_file(path, device="cpu")
         except Exception as e:

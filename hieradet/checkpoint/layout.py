@@ -6,7 +6,7 @@ the one-level embedding at 1024 px; SAM 2-L: windows 16/8). Every file the proje
 checkpoints, ``model_*.pth`` and ``model_final.pth`` of a training run) therefore carries, under the
 ``__hieradet__`` metadata key::
 
-    {"version": 2,
+    {"version": 3,
      "kind": "converted" | "trained",
      "arch": "HieraDet" | "ViT" | "HiViT",
      "size": "T" | ... | None,                  # preset name, None for a custom size
@@ -22,6 +22,11 @@ converted files also keep ``source_format``, ``backbone_kwargs``, ``embed_kwargs
 file gets its record from :func:`~hieradet.checkpoint.convert.convert_state_dict`). The ``pos_embed`` of a
 converted file is the weights' natural mode, which a config may replace on purpose (the ``interpolate``
 ablations); the mode of a trained file is the one it was trained in, and binding.
+
+Since version 3 the same record (version, kind, arch, architecture, layout) also travels inside the weights, as
+each backbone's ``layout_record`` buffer (:mod:`hieradet.modeling.layout_record`), so loaders that never see the
+metadata (detectron2's ``DetectionCheckpointer``, ``model.load_state_dict``) check and apply it too; files of
+versions 1 and 2 get it from their metadata when our tools load them (:func:`add_layout_record`).
 """
 
 import inspect
@@ -31,12 +36,25 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
 
+from ..modeling.layout_record import (
+    LAYOUT_VERSION,
+    RECORD_KEY,
+    decode_record,
+    encode_record,
+    layout_conflicts,
+    model_layout,
+    plain_value,
+    same_img_size,
+    same_value,
+    trained_layout,
+)
 from .convert import (
     METADATA_KEY,
     ConversionResult,
     backbone_classes,
     checkpoint_layout_from_conversion,
     convert_state_dict,
+    default_prefix,
     detect_format,
 )
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
@@ -52,12 +70,13 @@ __all__ = [
     "model_layout",
     "read_checkpoint_layout",
     "record_from_metadata",
+    "state_dict_records",
+    "add_layout_record",
     "training_metadata",
 ]
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 2
 
 # constructor fields that must agree with the weights (apply_checkpoint_layout sets them)
 LAYOUT_FIELDS = {
@@ -84,137 +103,11 @@ ARCHITECTURE_FIELDS = {
 _PREFIX_LINE = "[checkpoint layout]"
 
 
-def _plain(v: Any) -> Any:
-    """JSON-like value: tuples and ListConfigs become lists."""
-    if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig":
-        return [_plain(x) for x in v]
-    return v
-
-
-def _same(a: Any, b: Any) -> bool:
-    return _plain(a) == _plain(b)
-
-
-# ----------------------------------------------------------------------------------------------
-# the layout of a built model
-
-
-def _stage_of(block: int, ends: Tuple[int, ...]) -> int:
-    return sum(1 for e in ends if e < block)
-
-
-def _first_window(module: nn.Module, blocks: List[int]) -> Optional[int]:
-    """The window of the first non-global block among ``blocks``; None when every one is global (the
-    configured window is then never used, and any value builds the same model)."""
-    for i in blocks:
-        if i not in module.global_blocks:
-            return int(module.blocks[i].window_size)
-    return None
-
-
-def _same_windows(model: Any, recorded: Any, global_ok: bool = False) -> bool:
-    """Window sizes agree, a None (unused window) matching anything; with ``global_ok`` a model window of 0
-    (global attention, which no tile can be misaligned with) matches too."""
-
-    def ok(m, r):
-        return m is None or r is None or m == r or (global_ok and m == 0)
-
-    model, recorded = _plain(model), _plain(recorded)
-    if isinstance(model, list) and isinstance(recorded, list):
-        return len(model) == len(recorded) and all(ok(m, r) for m, r in zip(model, recorded))
-    return ok(model, recorded)
-
-
 def _merged_windows(current: Any, recorded: Any) -> Any:
     """The recorded windows, keeping the config's value where the record has None (unused)."""
     if isinstance(recorded, list) and isinstance(current, list) and len(current) == len(recorded):
         return [c if r is None else r for c, r in zip(current, recorded)]
     return current if recorded is None else recorded
-
-
-def _expand_proj(module: nn.Module) -> bool:
-    """False when a block widens the stream without a ``proj`` linear layer (timm's ``use_expand_proj=False``)."""
-    sd = module.state_dict()
-    for i in range(len(module.blocks)):
-        n1, n2 = sd.get(f"blocks.{i}.norm1.weight"), sd.get(f"blocks.{i}.norm2.weight")
-        if n1 is not None and n2 is not None and n1.shape != n2.shape and f"blocks.{i}.proj.weight" not in sd:
-            return False
-    return True
-
-
-def _relpos_img_size(arch: str, module: nn.Module) -> Optional[int]:
-    """The image size the global blocks' relative position tables are sized for (their grid side times the
-    block's input stride), None without such tables. Another ``img_size`` with the same grid builds the same
-    tables."""
-    stride = int(module.patch_embed.proj.stride[0]) * (4 if arch == "HiViT" else 1)
-    for blk in module.blocks:
-        attn = blk.attn
-        if blk.window_size == 0 and getattr(attn, "use_rel_pos", False):
-            return (int(attn.rel_pos_h.shape[0]) + 1) // 2 * stride
-        if arch == "HieraDet":
-            stride *= int(blk.q_stride)
-    return None
-
-
-def _same_img_size(arch: str, a: Any, b: Any) -> bool:
-    """``img_size`` values that give the stride-16 global blocks tables of the same size."""
-    if a is None or b is None:
-        return a == b
-    side = (lambda x: int(x) // 16) if arch == "ViT" else (lambda x: -(-int(x) // 16))
-    return side(a) == side(b)
-
-
-def model_layout(arch: str, module: nn.Module) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(layout, architecture)`` of a built HieraDet / ViT / HiViT, read from the module itself.
-
-    A ``pos_embed="auto"`` model (built without a checkpoint) runs, and is recorded, as ``"abswin"``.
-    """
-    pe = module.pos_embed
-    mode = "abswin" if pe.mode == "auto" else pe.mode
-    win = None if pe.window_embed is None else int(pe.window_embed.shape[-1])
-    glob = None if pe.global_embed is None else int(pe.global_embed.shape[-1])
-    dim = int(module.patch_embed.proj.weight.shape[0])
-    if arch == "HieraDet":
-        ends = tuple(module.stage_ends)
-        # a stage's first block still attends with the previous stage's window (see HieraDet)
-        by_stage: Dict[int, List[int]] = {s: [] for s in range(len(ends))}
-        for i in range(len(module.blocks)):
-            by_stage[_stage_of(max(i - 1, 0), ends)].append(i)
-        stride = int(module.patch_embed.proj.stride[0])
-        layout = dict(
-            pretrain_img_size=int(pe.pretrain_size[0]) * stride,
-            pos_embed=mode,
-            pos_embed_window=win,
-            pos_embed_global=glob,
-            pos_embed_antialias=bool(pe.antialias),
-            window_size=[_first_window(module, by_stage[s]) for s in range(len(ends))],
-            global_blocks=list(module.global_blocks),
-        )
-        if not _expand_proj(module):
-            layout["expand_proj"] = False
-        stages = [e - s for e, s in zip(ends, (-1,) + ends[:-1])]
-        return layout, dict(embed_dim=dim, stages=stages)
-    patch = int(module.patch_embed.proj.stride[0]) * (4 if arch == "HiViT" else 1)
-    layout = dict(
-        pretrain_img_size=int(pe.pretrain_size[0]) * patch,
-        pos_embed=mode,
-        patch_size=patch,
-        window_size=_first_window(module, list(range(len(module.blocks)))),
-        global_blocks=list(module.global_blocks),
-    )
-    if arch == "HiViT":
-        layout["out_norm"] = module.out_norms is not None
-        return layout, dict(embed_dim=4 * dim, depths=list(module.depths))
-    return layout, dict(embed_dim=dim, depth=len(module.blocks))
-
-
-def _trained_layout(arch: str, module: nn.Module) -> Dict[str, Any]:
-    """:func:`model_layout` plus what a trained file's extra weights fix: the relative position tables' size."""
-    layout, _ = model_layout(arch, module)
-    img_size = _relpos_img_size(arch, module)
-    if img_size is not None:
-        layout["img_size"] = img_size
-    return layout
 
 
 def find_backbones(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
@@ -235,7 +128,7 @@ def training_metadata(model: nn.Module) -> Optional[Dict[str, Any]]:
     if len(backbones) != 1:
         return None
     ((prefix, (arch, module)),) = backbones.items()
-    layout, architecture = _trained_layout(arch, module), model_layout(arch, module)[1]
+    layout, architecture = trained_layout(arch, module), model_layout(arch, module)[1]
     from .convert import _match_size  # preset name of the size, if it is one
 
     size = _match_size(_presets(arch), **{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
@@ -284,6 +177,31 @@ def record_from_metadata(meta: Mapping[str, Any]) -> Dict[str, Any]:
     return dict(meta, kind="converted", layout=layout, architecture=architecture)
 
 
+def state_dict_records(state_dict: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """``{key prefix: record}`` of the layout records inside a state dict (see
+    :mod:`hieradet.modeling.layout_record`); an all-zero record is left out."""
+    found = {}
+    for key, value in state_dict.items():
+        if key == RECORD_KEY or key.endswith("." + RECORD_KEY):
+            prefix = key[: -len(RECORD_KEY)]
+            record = decode_record(value, prefix)
+            if record is not None:
+                found[prefix] = record
+    return found
+
+
+def add_layout_record(state_dict: Dict[str, Any], meta: Mapping[str, Any], prefix: str) -> bool:
+    """Puts the record of a file's ``__hieradet__`` metadata into its state dict at ``prefix`` (files written before
+    layout version 3 have it only in the metadata), so the backbone's load hook checks it. Returns whether it did."""
+    key = prefix + RECORD_KEY
+    if key in state_dict:
+        return False
+    record = record_from_metadata(meta)
+    keep = ("version", "kind", "arch", "source_format", "architecture", "layout")
+    state_dict[key] = encode_record({k: record[k] for k in keep if k in record})
+    return True
+
+
 def _local_path(path: str) -> str:
     from detectron2.utils.file_io import PathManager
 
@@ -306,6 +224,12 @@ def read_checkpoint_layout(checkpoint, allow_pickle: bool = False) -> Optional[D
     meta = meta if meta is not None else extra.get(METADATA_KEY)
     if meta is not None:
         return record_from_metadata(meta)
+    inside = state_dict_records(sd)
+    if len(inside) == 1:  # written by another loop (detectron2's own tools) from a model with our backbone
+        ((prefix, record),) = inside.items()
+        return dict(record, prefix=prefix)
+    if len(inside) > 1:
+        raise CheckpointError(f"{source} holds several backbones' layout records ({list(inside)}); pick one by hand")
     try:
         detect_format(sd)
     except CheckpointError:
@@ -379,7 +303,7 @@ def _config_value(node: Any, cls: type, field: str) -> Any:
 
             depth = tuple(_config_value(node, cls, "depths"))[2]
             value = default_hivit_global_blocks(depth, min(4, depth))
-    return _plain(value)
+    return plain_value(value)
 
 
 def _describe(arch: str, size: Optional[str], architecture: Mapping[str, Any]) -> str:
@@ -429,11 +353,12 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
     where, node = same[0]
     cls = backbone_classes()[arch]
     built = {k: _config_value(node, cls, k) for k in record["architecture"]}
-    if not all(_same(built[k], v) for k, v in record["architecture"].items()):
+    if not all(same_value(built[k], v) for k, v in record["architecture"].items()):
+        detail = _shape_detail(path, record, node, allow_pickle)
         raise CheckpointError(
             f"size mismatch: {path} holds a {_describe(arch, record.get('size'), record['architecture'])} but the "
-            f"config builds {_describe(arch, None, built)} at {where}. Use the config of the checkpoint's size, "
-            "or the checkpoint of the config's size."
+            f"config builds {_describe(arch, None, built)} at {where}{detail}. Use the config of the checkpoint's "
+            "size, or the checkpoint of the config's size."
         )
     trained = record.get("kind") == "trained"
     for field, value in record["layout"].items():
@@ -456,13 +381,36 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
             continue
         if field == "window_size":
             value = _merged_windows(current, value)
-        if field == "img_size" and _same_img_size(arch, current, value):
+        if field == "img_size" and same_img_size(arch, current, value):
             continue  # the same relative position tables
-        if not _same(current, value):
+        if not same_value(current, value):
             shown = tuple(value) if isinstance(value, list) else value
             log(f"{_PREFIX_LINE} {where}.{field}: {_fmt(current)} -> {_fmt(shown)} (from {name})")
             node[field] = value
     return cfg
+
+
+def _shape_detail(path: str, record: Mapping[str, Any], node: Any, allow_pickle: bool) -> str:
+    """`` (key: shape in the checkpoint vs shape in the model; ...)`` for the first backbone weights whose shapes
+    differ, from a free meta-device build of the config's backbone (empty when that fails)."""
+    import torch
+    from detectron2.config import instantiate
+
+    try:
+        with torch.device("meta"):
+            model_sd = instantiate(node).state_dict()
+        obj = load_checkpoint_file(_local_path(path), allow_pickle)
+        sd, _ = unwrap_state_dict(obj, path)
+    except Exception:  # the message without the detail is still right
+        return ""
+    prefix = record.get("prefix") or default_prefix(record["arch"])
+    ours = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and hasattr(v, "shape")}
+    wrong = [
+        f"{k}: {tuple(v.shape)} in the checkpoint vs {tuple(model_sd[k].shape)} in the model"
+        for k, v in ours.items()
+        if k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape)
+    ][:3]
+    return f" ({'; '.join(wrong)})" if wrong else ""
 
 
 def _fmt(v: Any) -> str:
@@ -480,18 +428,7 @@ def check_model_layout(record: Mapping[str, Any], arch: str, module: nn.Module, 
     recorded field (and the mode of a trained file) must be the model's.
     """
     trained = record.get("kind") == "trained"
-    have = _trained_layout(arch, module) if trained else model_layout(arch, module)[0]
-    wrong = []
-    for field, value in record["layout"].items():
-        if field == "pos_embed" and not trained:
-            continue
-        model_value = have.get(field, True if field == "expand_proj" else None)
-        if field == "window_size":
-            agree = _same_windows(model_value, value, global_ok=not trained)
-        else:
-            agree = _same(model_value, value)
-        if not agree:
-            wrong.append((field, value, model_value))
+    wrong = layout_conflicts(record, arch, module)
     if wrong:
         location = f" at '{where.rstrip('.')}'" if where else ""
         what = "trained with" if trained else "records"

@@ -1,7 +1,8 @@
 """Evaluation: detectron2's COCO and LVIS evaluators scored by ``faster-coco-eval`` (identical numbers, several
 times faster; ``backend="pycocotools"`` / ``"lvis"`` keeps the reference packages), and the ``lvis`` NumPy patch.
 
-Importing this package applies :func:`patch_lvis_numpy` when ``lvis`` is installed (see :mod:`.lvis_compat`).
+``lvis`` is a lazy extra: nothing here imports it until LVIS evaluation runs (our :class:`LVISEvaluator` and the
+``"lvis"`` backend apply :func:`patch_lvis_numpy` themselves; call it before using detectron2's own LVISEvaluator).
 """
 
 from .coco_evaluation import COCOEvaluator
@@ -20,8 +21,3 @@ __all__ = [
     "patch_lvis_numpy",
     "run_coco_eval",
 ]
-
-try:
-    patch_lvis_numpy()
-except ImportError:  # lvis is optional until LVIS evaluation is used; LVISEvaluator raises then
-    pass

@@ -44,7 +44,8 @@ def patch_lvis_numpy() -> bool:
         import lvis.eval as lvis_eval
     except ImportError as e:
         raise ImportError(
-            "LVIS evaluation needs the `lvis` package: pip install --no-deps lvis==0.5.3 (tools/install.sh does)"
+            "LVIS evaluation needs the `lvis` package, hieradet's `lvis` extra: pip install --no-deps lvis==0.5.3 "
+            "(what tools/install.sh does; pip install 'hieradet[lvis]' also pulls lvis's opencv-python)"
         ) from e
     if isinstance(lvis_eval.np, _NumpyWithAliases):
         return True

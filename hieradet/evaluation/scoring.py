@@ -54,8 +54,9 @@ def load_faster_gt(gt: Union[str, os.PathLike, dict]):
         from faster_coco_eval import COCO
     except ImportError as e:
         raise ImportError(
-            "the fast evaluator needs `faster-coco-eval` (requirements/lock.txt pins it; tools/install.sh installs "
-            "it), or choose a reference backend: evaluator backend='pycocotools' (COCO) / 'lvis' (LVIS)"
+            "the fast evaluator needs `faster-coco-eval`, a requirement of hieradet that this environment lacks (was "
+            "hieradet installed with --no-deps?): pip install 'faster-coco-eval>=1.6', or choose a reference backend: "
+            "evaluator backend='pycocotools' (COCO) / 'lvis' (LVIS)"
         ) from e
     if isinstance(gt, dict):
         # copied here, once: COCO(use_deepcopy=True) would also deep-copy every results list given to loadRes

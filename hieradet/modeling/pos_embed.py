@@ -116,6 +116,7 @@ class AbsWinPosEmbed(nn.Module):
             if size is not None and min(size) <= 0:
                 raise ValueError(f"{name} must be positive, got {size}")
         self.mode = "abswin" if mode == "auto" else mode  # "auto" that no checkpoint layout replaced
+        self.configured_mode = mode  # "auto": a loaded layout record sets the mode (hieradet.modeling.layout_record)
         self.antialias = antialias
         self.window_embed = nn.Parameter(torch.zeros(1, dim, *window_size)) if window_size else None
         self.global_embed = nn.Parameter(torch.zeros(1, dim, *global_size)) if global_size else None

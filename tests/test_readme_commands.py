@@ -1,0 +1,140 @@
+"""The README's command blocks run as written: every ``bash`` / ``python`` block of the sections checked here either
+says what it needs beyond a CPU (a first comment line ``# needs: ...``) or is run below, in a scratch folder that
+sees the checkout's ``.venv``, ``tools`` and ``configs``, shrunk only by arguments appended to its commands."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("install", "pretrained", "training", "evaluation", "dataset", "troubleshooting", "detectron2tools")
+FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.M | re.S)
+
+# appended to a tool's command line (argparse and LazyConfig overrides: the last value wins)
+SHRINK = {
+    "generate_dataset.py": ["--num-train", "4", "--num-val", "2", "--image-size", "64"],
+    "lazyconfig_train_net.py": [
+        "train.init_checkpoint=",  # the block's /path/to/converted.pth is a placeholder; train from scratch
+        "model.backbone.bottom_up.embed_dim=16",
+        "model.backbone.bottom_up.num_heads=1",
+        "model.backbone.bottom_up.stages=[1,1,2,1]",
+        "model.backbone.bottom_up.global_blocks=[3]",
+        "model.backbone.bottom_up.img_size=64",
+        "model.backbone.square_pad=64",
+        "dataloader.train.mapper.augmentations.1.target_height=64",
+        "dataloader.train.mapper.augmentations.1.target_width=64",
+        "dataloader.train.mapper.augmentations.2.crop_size=[64,64]",
+        "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+        "dataloader.test.mapper.augmentations.0.max_size=64",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "train.max_iter=2",
+        "train.eval_period=0",
+        "train.device=cpu",
+    ],
+}
+
+
+def _blocks():
+    """``[(section, language, text)]`` of the checked sections' code blocks, each also found verbatim in README.md."""
+    readme = (ROOT / "README.md").read_text()
+    out = []
+    for name in SECTIONS:
+        for lang, text in FENCE.findall((ROOT / "docs" / "readme" / f"{name}.md").read_text()):
+            assert text in readme, f"a {name}.md block is not in README.md: run tools/build_readme.py"
+            out.append((name, lang, text))
+    return out
+
+
+def _block(section: str, must_contain: str) -> str:
+    found = [t for s, _, t in _blocks() if s == section and must_contain in t]
+    assert len(found) == 1, f"{section}: {len(found)} blocks contain {must_contain!r}"
+    return found[0]
+
+
+RUN_HERE = {  # (section, a string that identifies the block): what runs it
+    ("dataset", "tools/generate_dataset.py"): "test_dataset_blocks_generate_and_train",
+    ("dataset", "--dataset mine_train"): "test_dataset_blocks_generate_and_train",
+    ("detectron2tools", "convert_state_dict"): "test_the_backbone_snippet_gives_sam2s_trunk",
+}
+
+
+def test_every_block_is_run_here_or_says_what_it_needs():
+    unaccounted = []
+    for section, _, text in _blocks():
+        if text.lstrip().startswith("# needs:"):
+            continue
+        if not any(s == section and key in text for s, key in RUN_HERE):
+            unaccounted.append(f"{section}: {text.splitlines()[0]!r}")
+    assert not unaccounted, "blocks neither run by this test nor marked '# needs: ...': " + "; ".join(unaccounted)
+
+
+def _commands(block: str):
+    """The block's commands, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    out = []
+    for line in joined.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            out.append(shlex.split(line))
+    return out
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    for name in (".venv", "tools", "configs"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    return tmp_path
+
+
+def _run(argv, cwd, timeout=900):
+    tool = next((k for k in SHRINK if argv[1].endswith(k)), None)
+    argv = [sys.executable] + argv[1:] + (SHRINK[tool] if tool else [])  # .venv/bin/python is this interpreter here
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(argv[:4])} ... failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.slow
+def test_dataset_blocks_generate_and_train(scratch):
+    """The generator block, then the own-dataset block (train + val sets, num_classes): 2 iterations and an
+    evaluation of a shrunk HieraDet-B Mask R-CNN on 64 px images."""
+    for argv in _commands(_block("dataset", "tools/generate_dataset.py")):
+        _run(argv, scratch)
+    ((argv),) = _commands(_block("dataset", "--dataset mine_train"))
+    proc = _run(argv, scratch)
+    assert (scratch / "output" / "mine" / "model_final.pth").is_file()
+    assert "Evaluation results for segm" in proc.stdout + proc.stderr
+    assert "coco_2017_val" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_the_backbone_snippet_gives_sam2s_trunk(scratch, monkeypatch):
+    sam2_hieradet = pytest.importorskip("sam2.modeling.backbones.hieradet")
+    torch.manual_seed(0)
+    trunk = sam2_hieradet.Hiera(
+        embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),
+        window_spec=(8, 4, 14, 7), window_pos_embed_bkg_spatial_size=(7, 7),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        trunk.pos_embed.normal_()
+        trunk.pos_embed_window.normal_()
+    state = {"model": {"image_encoder.trunk." + k: v for k, v in trunk.state_dict().items()}}
+    torch.save(state, scratch / "sam2.1_hiera_tiny.pt")  # a random file in the published format
+    monkeypatch.chdir(scratch)
+    snippet = _block("detectron2tools", "convert_state_dict")
+    assert len(snippet.strip().splitlines()) == 6
+    scope = {}
+    with torch.no_grad():
+        exec(compile(snippet, "README snippet", "exec"), scope)
+        expected = trunk(torch.zeros(1, 3, 512, 512))[-1]
+    assert scope["backbone"].pos_embed.mode == "abswin_single"
+    torch.testing.assert_close(scope["features"]["scale5"], expected, rtol=0, atol=1e-4)
