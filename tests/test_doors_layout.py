@@ -166,8 +166,14 @@ def test_files_without_a_record_load_through_our_tools_and_stop_an_auto_model(sa
 def test_an_explicit_mode_without_a_record_loads_with_a_warning(caplog):
     src = HieraDet(**TINY, pos_embed="abswin")
     dst = HieraDet(**TINY, pos_embed="interpolate")
-    with caplog.at_level(logging.WARNING, logger="hieradet.modeling.layout_record"):
-        dst.load_state_dict(strip_layout_records(src.state_dict()))  # strict: the record is not "missing"
+    # the handler goes on the logger itself: an earlier test's detectron2 setup_logger("hieradet") stops propagation
+    log = logging.getLogger("hieradet.modeling.layout_record")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hieradet.modeling.layout_record"):
+            dst.load_state_dict(strip_layout_records(src.state_dict()))  # strict: the record is not "missing"
+    finally:
+        log.removeHandler(caplog.handler)
     assert "carry no layout_record" in caplog.text and "pos_embed='interpolate'" in caplog.text
     assert torch.equal(dst.pos_embed.window_embed, src.pos_embed.window_embed)
     assert dst.pos_embed.mode == "interpolate"
