@@ -1,0 +1,346 @@
+"""Clusters through the real ``submitit`` package (``hieradet.engine.cluster``, ``tools/submit.py``).
+
+Fast: bad requests fail before anything is submitted, with errors naming the cause; the rendezvous is read from
+submitit's job environment.
+
+Slow: ``tools/submit.py --cluster local`` runs the stock COCO T config shrunk by command-line overrides (128 px
+LSJ, 3 classes, batch 2, 2 loader workers with aspect-ratio grouping, 8 iterations) through submitit's local
+executor. A job whose task and loader workers are all sent ``USR2`` (submitit's preemption signal) must write an
+exact checkpoint, requeue itself through submitit's checkpointing protocol (the local executor reruns a task that
+exits with its requeue code) and end with a ``model_final.pth`` identical, bit for bit, to the uninterrupted job's;
+the same through submitit's own time-limit path, and with signals during a checkpoint write and an evaluation.
+The recording config (as in ``test_resume_kill.py``) appends each step's raw losses to ``$RAW_LOSSES``, so the test
+can see the iterations and send the signal at a known point.
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hieradet.data import generate_synthetic_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBMIT = os.path.join(ROOT, "tools", "submit.py")
+BASE = os.path.join(ROOT, "configs", "COCO", "mask_rcnn_hieradet_t_100ep.py")
+MAX_ITER = 8
+
+RECORDING_CONFIG = """
+import json
+import os
+
+from detectron2.config import LazyConfig
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.utils.events import get_event_storage
+
+
+def _append(path, row):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+class RecordingRCNN(GeneralizedRCNN):
+    def forward(self, batched_inputs):
+        if not self.training:
+            _append(os.environ["EVAL_MARK"], {{"pid": os.getpid()}})
+            return super().forward(batched_inputs)
+        losses = super().forward(batched_inputs)
+        row = {{k: float(v) for k, v in losses.items()}}
+        row["iteration"] = get_event_storage().iter
+        row["pid"] = os.getpid()
+        _append(os.environ["RAW_LOSSES"], row)
+        return losses
+
+
+_cfg = LazyConfig.load({base!r})
+_cfg.model._target_ = RecordingRCNN
+model, optimizer, lr_multiplier, dataloader, train = (
+    _cfg.model, _cfg.optimizer, _cfg.lr_multiplier, _cfg.dataloader, _cfg.train
+)
+"""
+
+
+def _run_submit(args, env=None, timeout=60):
+    env = dict(env or os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, SUBMIT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _submit_tool():
+    """``tools/submit.py`` as a module, to call its ``main(argv)`` in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hieradet_tools_submit", SUBMIT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------- bad requests
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--nodes", "0"], "--nodes must be at least 1, got 0"),
+        (["--cluster", "local", "--nodes", "2"], "local executor has one node"),
+        (["--cluster", "local", "--partition", "gpu"], "--partition 'gpu' is a SLURM option"),
+        (["--cluster", "local", "--gpus-per-node", "-1"], "--gpus-per-node must be 0 (CPU) or more"),
+        (["--cluster", "local", "--timeout", "0"], "--timeout is in minutes and must be at least 1"),
+    ],
+)
+def test_bad_request_is_refused(args, message, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _submit_tool().main(["--config-file", BASE, "--gpus-per-node", "0", *args, f"train.output_dir={tmp_path}"])
+    assert not os.listdir(tmp_path)  # nothing was submitted
+
+
+def test_unknown_config_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file 'COCO/no_such_config.py' does not exist"):
+        _submit_tool().main(["--config-file", "COCO/no_such_config.py", "--cluster", "local", "--gpus-per-node", "0"])
+
+
+@pytest.mark.slow
+def test_cli_prints_the_error(tmp_path):
+    r = _run_submit(["--config-file", BASE, "--cluster", "local", "--nodes", "2", f"train.output_dir={tmp_path}"])
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        "submit.py: error: --cluster local runs on this machine only (submitit's local executor has one node), got "
+        "--nodes 2: use --nodes 1, or --cluster slurm"
+    ), r.stderr[-2000:]
+
+
+def test_missing_submitit_is_named(monkeypatch):
+    from hieradet.engine import cluster
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` now raises ImportError
+    with pytest.raises(ImportError, match=r"needs the `submitit` package.*pip install 'hieradet\[cluster\]'"):
+        cluster.submit(BASE, ["train.output_dir=/nonexistent"], cluster="local", gpus_per_node=0)
+
+
+def test_rendezvous_from_slurm_environment(monkeypatch):
+    """submitit's SLURM job environment (its real class, reading SLURM's variables) gives the rendezvous."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from hieradet.engine.cluster import rendezvous
+
+    for k, v in dict(
+        SLURM_JOB_ID="4242", SLURM_NTASKS="16", SLURM_JOB_NUM_NODES="2", SLURM_NODEID="1", SLURM_PROCID="11",
+        SLURM_LOCALID="3", SLURM_JOB_NODELIST="gpu[017-018]",
+    ).items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    r = rendezvous(SlurmJobEnvironment())
+    assert (r.world_size, r.rank, r.num_machines, r.machine_rank, r.local_rank) == (16, 11, 2, 1, 3)
+    assert r.tasks_per_machine == 8 and re.fullmatch(r"tcp://gpu017:\d{5}", r.dist_url), r.dist_url
+    assert rendezvous(SlurmJobEnvironment()).dist_url == r.dist_url  # every task and a requeued run agree
+    assert rendezvous(SlurmJobEnvironment(), port=29500).dist_url == "tcp://gpu017:29500"
+    monkeypatch.setenv("SLURM_NTASKS", "15")
+    with pytest.raises(ValueError, match="15 tasks on 2 nodes"):
+        rendezvous(SlurmJobEnvironment())
+
+
+# ---------------------------------------------------------------------------------------- local executor jobs
+def _descendants(pid: int):
+    """The processes under ``pid`` (from ``/proc``): a local job's task under its controller, and the task's
+    data-loader workers."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [int(pid)]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """Landscape and portrait generated COCO datasets (3 classes), as --dataset arguments and their names."""
+    names, extra = [], []
+    for h, w in ((96, 128), (128, 96)):
+        root = tmp_path_factory.mktemp(f"cluster_{h}x{w}")
+        files = generate_synthetic_dataset(
+            str(root), num_train=5, num_val=1, image_size=(h, w), seed=h, num_categories=3
+        )
+        name = f"cluster_{h}x{w}"
+        for split in ("train", "val"):
+            extra += ["--dataset", f"{name}_{split}", files[split], str(root / split)]
+        names.append(name)
+    return names, extra
+
+
+def _job_args(tmp_path, datasets, out, cluster="local", timeout=10, signal_delay=5):
+    config = tmp_path / "recording_coco.py"
+    config.write_text(RECORDING_CONFIG.format(base=BASE))
+    names, extra = datasets
+    args = ["--config-file", str(config), "--cluster", cluster, "--gpus-per-node", "0", "--wait"]
+    args += ["--timeout", str(timeout), "--signal-delay", str(signal_delay), "--job-dir", os.path.join(out, "jobs")]
+    args += extra
+    args += [
+        "dataloader.train.dataset.names=[" + ",".join(f"{n}_train" for n in names) + "]",
+        f"dataloader.test.dataset.names={names[0]}_val",
+        "model.roi_heads.num_classes=3",
+        "model.backbone.bottom_up.img_size=128",
+        "dataloader.train.mapper.augmentations.1.target_height=128",
+        "dataloader.train.mapper.augmentations.1.target_width=128",
+        "dataloader.train.mapper.augmentations.2.crop_size=[128,128]",
+        "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+        "dataloader.test.mapper.augmentations.0.max_size=128",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=2",
+        "dataloader.train.aspect_ratio_grouping=True",
+        "dataloader.test.num_workers=0",
+        "model.proposal_generator.post_nms_topk=[200,100]",
+        "model.roi_heads.batch_size_per_image=64",
+        f"train.max_iter={MAX_ITER}",
+        "train.checkpointer.period=5",
+        "train.eval_period=6",
+        "train.seed=0",
+        "train.log_period=1",
+        f"train.output_dir={out}",
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        RAW_LOSSES=os.path.join(out, "raw_losses.jsonl"),
+        EVAL_MARK=os.path.join(out, "eval_mark.jsonl"),
+    )
+    os.makedirs(out, exist_ok=True)
+    return args, env
+
+
+def _lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+class _Job:
+    """``tools/submit.py ... --wait`` running in the background."""
+
+    def __init__(self, args, env, out):
+        self.out, self.env = out, env
+        self.log = os.path.join(out, "submit.log")
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, SUBMIT, *args], env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    def text(self):
+        with open(self.log) as f:
+            return f.read()
+
+    @property
+    def job_id(self):
+        m = re.search(r"^submitted job (\S+)$", self.text(), re.M)
+        return m.group(1) if m else None
+
+    def wait_for(self, ready, what, timeout=900):
+        deadline = time.time() + timeout
+        while not ready():
+            assert self.proc.poll() is None, f"the job ended before {what}:\n{self.text()[-3000:]}\n{self.task_logs()}"
+            assert time.time() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def task_logs(self):
+        text = ""
+        for path in sorted(glob.glob(os.path.join(self.out, "jobs", "*_0_log.*"))):
+            with open(path) as f:
+                text += f.read()
+        return text
+
+    def finish(self, timeout=1200):
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            self.proc.kill()
+        assert rc == 0, self.text()[-3000:] + "\n" + self.task_logs()[-6000:]
+        return self.task_logs()
+
+
+def _signal_local_job(job) -> list:
+    """Sends USR2 to the task and every loader worker of a local job (not to submitit's controller, whose pid is
+    the job id). Returns the signalled pids."""
+    pids = _descendants(int(job.job_id))
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    return pids
+
+
+def _final_weights(out):
+    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+
+
+def _raw_losses(out):
+    rows = {}
+    for r in _lines(os.path.join(out, "raw_losses.jsonl")):
+        r.pop("pid")
+        rows[r.pop("iteration")] = r  # the last record: a requeued run may repeat an unfinished iteration
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reference(datasets, tmp_path_factory):
+    """The uninterrupted local job."""
+    out = str(tmp_path_factory.mktemp("reference"))
+    job = _Job(*_job_args(tmp_path_factory.mktemp("cfg"), datasets, out), out)
+    logs = job.finish()
+    assert "requeue" not in logs.lower()
+    losses = _raw_losses(out)
+    assert sorted(losses) == list(range(MAX_ITER))
+    return losses, _final_weights(out)
+
+
+def _compare(out, reference, logs):
+    ref_losses, ref_weights = reference
+    losses = _raw_losses(out)
+    assert sorted(losses) == list(range(MAX_ITER))
+    for it in range(MAX_ITER):
+        assert losses[it] == ref_losses[it], it
+    weights = _final_weights(out)
+    assert weights.keys() == ref_weights.keys()
+    diff = max((weights[k].double() - ref_weights[k].double()).abs().max().item() for k in weights)
+    print(f"max final weight difference to the uninterrupted job: {diff}")
+    assert diff == 0.0
+    assert not glob.glob(os.path.join(out, ".*.partial"))
+
+
+def _runs(out):
+    """The task pids that trained, in order (one per run of the job)."""
+    pids = []
+    for r in _lines(os.path.join(out, "raw_losses.jsonl")):
+        if not pids or pids[-1] != r["pid"]:
+            pids.append(r["pid"])
+    return pids
+
+
+@pytest.mark.slow
+def test_local_job_preempted_after_iteration_3_is_identical(datasets, reference, tmp_path):
+    out = str(tmp_path / "out")
+    job = _Job(*_job_args(tmp_path, datasets, out), out)
+    raw = os.path.join(out, "raw_losses.jsonl")
+    job.wait_for(lambda: any(r["iteration"] == 3 for r in _lines(raw)), "iteration 3")
+    signalled = _signal_local_job(job)
+    assert len(signalled) >= 3, signalled  # the task and its 2 loader workers
+    logs = job.finish()
+    m = re.search(r"preempted after iteration (\d+)", logs)
+    assert m, logs[-4000:]
+    stop = int(m.group(1))
+    assert 3 <= stop < MAX_ITER - 1
+    assert f"Starting training from iteration {stop + 1}" in logs
+    assert "requeued run 1 (at most 20); why: SIGUSR2 received" in logs
+    assert len(_runs(out)) == 2
+    _compare(out, reference, logs)
