@@ -17,7 +17,9 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -182,13 +184,13 @@ def datasets(tmp_path_factory):
     return names, extra
 
 
-def _job_args(tmp_path, datasets, out, cluster="local", timeout=10, signal_delay=5):
+def _job_args(tmp_path, datasets, out, cluster="local", timeout=10, signal_delay=5, options=()):
     config = tmp_path / "recording_coco.py"
     config.write_text(RECORDING_CONFIG.format(base=BASE))
     names, extra = datasets
     args = ["--config-file", str(config), "--cluster", cluster, "--gpus-per-node", "0", "--wait"]
     args += ["--timeout", str(timeout), "--signal-delay", str(signal_delay), "--job-dir", os.path.join(out, "jobs")]
-    args += extra
+    args += [*options, *extra]
     args += [
         "dataloader.train.dataset.names=[" + ",".join(f"{n}_train" for n in names) + "]",
         f"dataloader.test.dataset.names={names[0]}_val",
@@ -335,6 +337,130 @@ def test_local_job_preempted_after_iteration_3_is_identical(datasets, reference,
     job.wait_for(lambda: any(r["iteration"] == 3 for r in _lines(raw)), "iteration 3")
     signalled = _signal_local_job(job)
     assert len(signalled) >= 3, signalled  # the task and its 2 loader workers
+    logs = job.finish()
+    m = re.search(r"preempted after iteration (\d+)", logs)
+    assert m, logs[-4000:]
+    stop = int(m.group(1))
+    assert 3 <= stop < MAX_ITER - 1
+    assert f"Starting training from iteration {stop + 1}" in logs
+    assert "requeued run 1 (at most 20); why: SIGUSR2 received" in logs
+    assert len(_runs(out)) == 2
+    _compare(out, reference, logs)
+
+
+# ------------------------------------------------------------------------------------------- a real SLURM
+_SLURM_CONF = """ClusterName=hieradet
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobRequeue=1
+ReturnToService=2
+MpiDefault=none
+NodeName={host} CPUs=2 RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _slurm_missing():
+    """Why a one-node SLURM cannot be started here ('' if it can)."""
+    missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo") if not shutil.which(t)]
+    missing += [t for t in ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd") if not os.path.exists(t)]
+    if missing:
+        return f"SLURM is not installed (missing {sorted(set(missing))}): apt-get install -y slurm-wlm munge"
+    if os.geteuid() != 0:
+        return "starting the one-node SLURM needs root (munged runs as the munge user, slurmd as root)"
+    return ""
+
+
+def _pid(path, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read().strip()
+            if text:
+                return int(text)
+        time.sleep(0.1)
+    raise AssertionError(f"no pid file {path}")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node SLURM (munged if none runs, slurmctld, slurmd with their own slurm.conf, 2 CPUs, JobRequeue=1),
+    stopped again afterwards: only the processes this fixture started. Yields the environment for its clients."""
+    why = _slurm_missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the SLURM test: {why} (.ci/run installs it)")
+        pytest.skip(why)
+    d = str(tmp_path_factory.mktemp("slurm"))
+    for sub in ("state", "spool"):
+        os.makedirs(os.path.join(d, sub))
+    conf = os.path.join(d, "slurm.conf")
+    with open(conf, "w") as f:
+        f.write(_SLURM_CONF.format(host=socket.gethostname().split(".")[0], d=d))
+    env = dict(os.environ, SLURM_CONF=conf)
+    started = []
+    try:
+        if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:  # no munged answers: start one
+            subprocess.run(["install", "-d", "-o", "munge", "-g", "munge", "-m", "755", "/run/munge"], check=True)
+            pidfile = "/run/munge/munged.pid"
+            if os.path.exists(pidfile):
+                os.remove(pidfile)  # a stale one (its munged is not answering)
+            subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+            started.append(_pid(pidfile))
+        for daemon in ("slurmctld", "slurmd"):
+            subprocess.run([f"/usr/sbin/{daemon}", "-f", conf], env=env, check=True)
+            started.append(_pid(os.path.join(d, f"{daemon}.pid")))
+        deadline = time.time() + 60
+        while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout:
+            assert time.time() < deadline, "the SLURM node did not become idle:\n" + open(f"{d}/slurmctld.log").read()
+            time.sleep(0.5)
+        yield env
+    finally:
+        for pid in reversed(started):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+
+
+def _squeue(env, job_id):
+    r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+@pytest.mark.slow
+def test_real_slurm_job_preempted_is_identical(datasets, reference, slurm, tmp_path):
+    """tools/submit.py --cluster slurm on the one-node SLURM; after iteration 3 the job gets the signal SLURM sends
+    before a preemption or its time limit (``scancel --signal=USR2``: every process of the job step, the loader
+    workers included); it requeues itself (``scontrol requeue``, through submitit) and the requeued run ends
+    identical to the uninterrupted (local) job."""
+    out = str(tmp_path / "out")
+    args, env = _job_args(tmp_path, datasets, out, cluster="slurm", options=["--cpus-per-task", "2"])
+    env.update(slurm)
+    job = _Job(args, env, out)
+    raw = os.path.join(out, "raw_losses.jsonl")
+    job.wait_for(lambda: any(r["iteration"] == 3 for r in _lines(raw)), "iteration 3", timeout=600)
+    assert _squeue(env, job.job_id) == "RUNNING"
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], env=env, check=True)
     logs = job.finish()
     m = re.search(r"preempted after iteration (\d+)", logs)
     assert m, logs[-4000:]

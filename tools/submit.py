@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    late = [o for o in args.opts if o.startswith("--")]
+    if late:
+        parser.error(f"options come before the key=value overrides: move {late} before {args.opts[0]!r}")
     job, job_dir = submit(
         args.config_file,
         args.opts,
