@@ -37,6 +37,8 @@ MAX_ITER = 8
 RECORDING_CONFIG = """
 import json
 import os
+import signal
+import time
 
 from detectron2.config import LazyConfig
 from detectron2.modeling import GeneralizedRCNN
@@ -51,11 +53,26 @@ def _append(path, row):
         os.close(fd)
 
 
+def _first_run_stall(iteration):
+    # $STALL=I:S: in iteration I of the first run of the job (a marker file tells the runs apart), wait until the
+    # preemption signal has been received (hieradet's PreemptionGuard, the USR2 handler, records it), at most S s
+    spec = os.environ.get("STALL", "")
+    marker = os.environ["RAW_LOSSES"] + ".stalled"
+    if spec and int(spec.split(":")[0]) == iteration and not os.path.exists(marker):
+        open(marker, "w").close()
+        guard = getattr(signal.getsignal(signal.SIGUSR2), "__self__", None)
+        deadline = time.time() + float(spec.split(":")[1])
+        while not getattr(guard, "requested", False) and time.time() < deadline:
+            time.sleep(0.1)
+
+
 class RecordingRCNN(GeneralizedRCNN):
     def forward(self, batched_inputs):
         if not self.training:
             _append(os.environ["EVAL_MARK"], {{"pid": os.getpid()}})
+            time.sleep(float(os.environ.get("EVAL_SLEEP", "0")))  # an evaluation long enough to be signalled in
             return super().forward(batched_inputs)
+        _first_run_stall(get_event_storage().iter)
         losses = super().forward(batched_inputs)
         row = {{k: float(v) for k, v in losses.items()}}
         row["iteration"] = get_event_storage().iter
@@ -348,6 +365,52 @@ def test_local_job_preempted_after_iteration_3_is_identical(datasets, reference,
     _compare(out, reference, logs)
 
 
+@pytest.mark.slow
+def test_local_job_signalled_during_a_checkpoint_write_and_an_evaluation(datasets, reference, tmp_path):
+    """Preempted twice: first while model_0000004.pth is being written (the write pauses 4 s after 64 KiB, a test
+    hook of hieradet.checkpoint.atomic): the write completes and is the checkpoint of the requeue; then, in the
+    requeued run, during the evaluation after iteration 5 (train.eval_period=6): the evaluation completes, the
+    checkpoint of iteration 5 is written. Each run makes progress; the third run ends identical."""
+    out = str(tmp_path / "out")
+    args, env = _job_args(tmp_path, datasets, out)
+    env.update(HIERADET_TEST_PAUSE_WRITE="model_0000004.pth:4", EVAL_SLEEP="2")
+    job = _Job(args, env, out)
+
+    def writing():
+        partial = glob.glob(os.path.join(out, ".model_0000004.pth.*.partial"))
+        return any(os.path.getsize(p) >= 64 * 1024 for p in partial)
+
+    job.wait_for(writing, "the write of model_0000004.pth")
+    _signal_local_job(job)
+    marks = os.path.join(out, "eval_mark.jsonl")
+    job.wait_for(lambda: len(_runs(out)) == 2 and any(m["pid"] == _runs(out)[1] for m in _lines(marks)), "eval")
+    assert len(_signal_local_job(job)) >= 3
+    logs = job.finish()
+    assert "preempted after iteration 4" in logs and "preempted after iteration 5" in logs, logs[-4000:]
+    assert logs.count("Saving checkpoint to " + os.path.join(out, "model_0000004.pth")) == 1  # not written twice
+    assert "Starting training from iteration 5" in logs and "Starting training from iteration 6" in logs
+    assert "requeued run 2 (at most 20); why: SIGUSR2 received" in logs
+    assert len(_runs(out)) == 3
+    _compare(out, reference, logs)
+
+
+@pytest.mark.slow
+def test_local_job_through_submitits_time_limit(datasets, reference, tmp_path):
+    """submitit's own timeout path: --timeout 1 --signal-delay 25, so the local executor's controller sends USR2
+    35 s after each run starts (to the task only). The first run waits in iteration 3 until the signal has come, so
+    that it surely comes before that run's end; the job is requeued (submitit logs it as timed out) until it has
+    finished."""
+    out = str(tmp_path / "out")
+    args, env = _job_args(tmp_path, datasets, out, timeout=1, signal_delay=25)
+    env.update(STALL="3:40")
+    logs = _Job(args, env, out).finish()
+    assert "this job is timed-out" in logs
+    m = re.search(r"preempted after iteration (\d+)", logs)
+    assert m and int(m.group(1)) == 3, logs[-4000:]
+    assert len(_runs(out)) >= 2
+    _compare(out, reference, logs)
+
+
 # ------------------------------------------------------------------------------------------- a real SLURM
 _SLURM_CONF = """ClusterName=hieradet
 SlurmctldHost={host}
@@ -442,6 +505,10 @@ def slurm(tmp_path_factory):
                 time.sleep(0.1)
 
 
+def _scontrol_show(env, job_id):
+    return subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+
+
 def _squeue(env, job_id):
     r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env, capture_output=True, text=True)
     return r.stdout.strip()
@@ -461,6 +528,10 @@ def test_real_slurm_job_preempted_is_identical(datasets, reference, slurm, tmp_p
     job.wait_for(lambda: any(r["iteration"] == 3 for r in _lines(raw)), "iteration 3", timeout=600)
     assert _squeue(env, job.job_id) == "RUNNING"
     subprocess.run(["scancel", "--signal=USR2", job.job_id], env=env, check=True)
+    # SLURM holds a requeued job for about 2 minutes (Reason=BeginTime) before it may start again; as an
+    # administrator may, let it start now, so that the test does not wait
+    job.wait_for(lambda: "Reason=BeginTime" in _scontrol_show(env, job.job_id), "the requeue", timeout=300)
+    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], env=env, check=True)
     logs = job.finish()
     m = re.search(r"preempted after iteration (\d+)", logs)
     assert m, logs[-4000:]

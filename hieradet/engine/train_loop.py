@@ -213,10 +213,11 @@ def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, 
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
+            # after the checkpointer and the evaluation, before the writer (which writes once more when it stops)
+            PreemptionHook(checkpointer, preemption) if preemption is not None else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main
             else None,
-            PreemptionHook(checkpointer, preemption) if preemption is not None else None,
         ]
     )
     if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
