@@ -88,9 +88,13 @@ class DeterministicResumeHook(HookBase):
             rank = comm.get_rank()
             if self._loaded is not None and start_iter > 0:
                 if len(self._loaded) != comm.get_world_size():
+                    n, world = len(self._loaded), comm.get_world_size()
                     raise ValueError(
-                        f"the checkpoint holds the train loader states of {len(self._loaded)} ranks, this run has "
-                        f"{comm.get_world_size()}: resume with the same number of GPUs"
+                        f"the checkpoint was written by {n} process{'es' if n > 1 else ''} (its train loader state "
+                        f"is per rank) and this run has {world}: an exact resume needs the same number, so resume "
+                        f"with {n} process{'es' if n > 1 else ''} (GPUs) in all; or start a new run from these "
+                        "weights (train.init_checkpoint=<the checkpoint>, a new train.output_dir, no --resume), whose "
+                        "data stream and schedule start again"
                     )
                 resumable.load_state_dict(self._loaded[rank])
             else:
