@@ -54,7 +54,7 @@ def _append(path, row):
 
 
 def _first_run_stall(iteration):
-    # $STALL=I:S: in iteration I of the first run of the job (a marker file tells the runs apart), wait until the
+    # $STALL=I:S: the first time iteration I runs (a marker file tells the runs apart), wait until the
     # preemption signal has been received (hieradet's PreemptionGuard, the USR2 handler, records it), at most S s
     spec = os.environ.get("STALL", "")
     marker = os.environ["RAW_LOSSES"] + ".stalled"
@@ -397,16 +397,17 @@ def test_local_job_signalled_during_a_checkpoint_write_and_an_evaluation(dataset
 @pytest.mark.slow
 def test_local_job_through_submitits_time_limit(datasets, reference, tmp_path):
     """submitit's own timeout path: --timeout 1 --signal-delay 25, so the local executor's controller sends USR2
-    35 s after each run starts (to the task only). The first run waits in iteration 3 until the signal has come, so
-    that it surely comes before that run's end; the job is requeued (submitit logs it as timed out) until it has
-    finished."""
+    35 s after each run starts (to the task only). The run that first reaches iteration 3 waits there until the
+    signal has come, so that it surely comes before that run's end; the job is requeued (submitit logs it as timed
+    out) until it has finished."""
     out = str(tmp_path / "out")
     args, env = _job_args(tmp_path, datasets, out, timeout=1, signal_delay=25)
     env.update(STALL="3:40")
     logs = _Job(args, env, out).finish()
     assert "this job is timed-out" in logs
-    m = re.search(r"preempted after iteration (\d+)", logs)
-    assert m and int(m.group(1)) == 3, logs[-4000:]
+    # the run that first reaches iteration 3 waits there for the signal (an earlier run may have been signalled
+    # before: on a loaded machine the first run can need 35 s to reach its first step; it still finishes one step)
+    assert "preempted after iteration 3" in logs, logs[-4000:]
     assert len(_runs(out)) >= 2
     _compare(out, reference, logs)
 
