@@ -164,6 +164,88 @@ def test_rendezvous_from_slurm_environment(monkeypatch):
         rendezvous(SlurmJobEnvironment())
 
 
+# ------------------------------------------------------------------------------ the signal, in this process
+def test_guard_records_the_signal_and_forked_workers_ignore_it():
+    """The USR2 handler records the signal in the process that installed it; a forked child (as a data-loader
+    worker) that gets the signal neither dies nor records it; hand_over calls the handler installed before
+    (submitit's, in a job)."""
+    from hieradet.engine.cluster import PreemptionGuard
+
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    guard = PreemptionGuard(signal.SIGUSR2).install()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the "worker"
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.05)
+            os._exit(3 if guard.requested or calls else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status  # alive, nothing recorded
+        assert not guard.requested
+        os.kill(os.getpid(), signal.SIGUSR2)
+        deadline = time.time() + 5
+        while not guard.requested and time.time() < deadline:
+            time.sleep(0.01)
+        assert guard.requested and guard.received_at is not None and calls == []
+        guard.hand_over()  # -> the previous handler, and the guard is uninstalled
+        assert calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is not guard._handle
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+class _SignalAfter:
+    """Stands for an installed PreemptionGuard whose signal came during iteration ``it``."""
+
+    def __init__(self, it):
+        self.it = it
+
+    @property
+    def requested(self):
+        from detectron2.utils.events import get_event_storage
+
+        return get_event_storage().iter >= self.it
+
+
+def test_preemption_checkpoint_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """do_train with a preemption after iteration 1: the checkpoint of iteration 1 is written (the periodic
+    checkpointer would not have written one), Preempted is raised; --resume then ends with the uninterrupted run's
+    weights, bit for bit."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from hieradet.engine import do_train
+    from hieradet.engine.hooks import Preempted
+    from hieradet.testing import tiny_train_config
+
+    files = generate_synthetic_dataset(str(tmp_path / "data"), num_train=6, num_val=1, image_size=64, seed=5)
+    if "cluster_inproc_train" in DatasetCatalog.list():
+        DatasetCatalog.remove("cluster_inproc_train")
+    register_coco_instances("cluster_inproc_train", {}, files["train"], str(tmp_path / "data" / "train"))
+
+    def cfg(out):
+        torch.manual_seed(0)  # the same initial weights in every run (default_setup seeds a tool's process so)
+        return tiny_train_config(["cluster_inproc_train"], None, str(out), num_classes=4, image_size=64, max_iter=4)
+
+    torch.set_num_threads(1)
+    do_train(cfg(tmp_path / "ref"))
+    out = tmp_path / "preempted"
+    with pytest.raises(Preempted) as e:
+        do_train(cfg(out), resume=True, preemption=_SignalAfter(1))
+    assert e.value.iteration == 1 and e.value.checkpoint == str(out / "model_0000001.pth")
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (out / "model_final.pth").exists()
+    do_train(cfg(out), resume=True)
+    a = torch.load(out / "model_final.pth", weights_only=False)
+    b = torch.load(tmp_path / "ref" / "model_final.pth", weights_only=False)
+    assert a["iteration"] == b["iteration"] == 3
+    diff = max((a["model"][k] - b["model"][k]).abs().max().item() for k in b["model"])
+    assert diff == 0.0
+    start = torch.load(out / "model_0000001.pth", weights_only=False)["model"]
+    assert any(not torch.equal(start[k], b["model"][k]) for k in start)  # iterations 2-3 changed the weights
+
+
 # ---------------------------------------------------------------------------------------- local executor jobs
 def _descendants(pid: int):
     """The processes under ``pid`` (from ``/proc``): a local job's task under its controller, and the task's
