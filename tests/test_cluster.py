@@ -204,6 +204,30 @@ def test_guard_records_the_signal_and_forked_workers_ignore_it():
         signal.signal(signal.SIGUSR2, previous)
 
 
+def test_requeues_are_capped_and_the_reason_is_logged(caplog):
+    """submitit's checkpointing protocol: TrainJob.checkpoint gives the next run (one more requeue counted, the
+    reason kept), and None once max_requeues requeues were made (submitit then ends the job), logging why."""
+    import logging
+
+    from submitit.helpers import DelayedSubmission
+
+    from hieradet.engine.cluster import PreemptionGuard, TrainJob
+
+    job = TrainJob(BASE, ["train.max_iter=8"], max_requeues=2, requeues=1)
+    job._guard, job._preempted_at = PreemptionGuard(signal.SIGUSR2), 5
+    job._guard.received_at = 0.0
+    with caplog.at_level(logging.WARNING, logger="hieradet.engine.cluster"):
+        nxt = job.checkpoint()
+    assert isinstance(nxt, DelayedSubmission) and isinstance(nxt.function, TrainJob)
+    assert (nxt.function.requeues, nxt.function.max_requeues, nxt.function.opts) == (2, 2, ["train.max_iter=8"])
+    assert nxt.function.last_reason == "SIGUSR2 received at 1970-01-01 00:00:00 UTC, checkpoint after iteration 5"
+    nxt.function._guard, nxt.function._preempted_at = PreemptionGuard(signal.SIGUSR2), 7
+    with caplog.at_level(logging.WARNING, logger="hieradet.engine.cluster"):
+        assert nxt.function.checkpoint() is None
+    assert "not requeued: the job was already requeued 2 times (max_requeues=2); last reason: SIGUSR2" in caplog.text
+    assert "checkpoint after iteration 7" in caplog.text
+
+
 class _SignalAfter:
     """Stands for an installed PreemptionGuard whose signal came during iteration ``it``."""
 

@@ -212,10 +212,15 @@ class PreemptionGuard:
             signal.signal(self.signum, self.previous)
 
     def hand_over(self) -> None:
-        """Calls the handler that was installed before (submitit's: checkpoint, requeue, exit)."""
+        """Calls the handler that was installed before (submitit's: checkpoint, requeue, exit). Raises
+        ``RuntimeError`` when there was none (not in a submitit job): nothing can requeue the run."""
         self.uninstall()
-        if callable(self.previous):
-            self.previous(self.signum, None)
+        if not callable(self.previous):
+            raise RuntimeError(
+                "preempted, but no submitit signal handler was installed (not a submitit job): the run is not "
+                "requeued; resume it by hand (the same command with --resume, or submit it again)"
+            )
+        self.previous(self.signum, None)
 
 
 class TrainJob:
@@ -300,9 +305,10 @@ class TrainJob:
         """submitit's checkpointing protocol: the submission of the requeued run, or ``None`` (not requeued)."""
         submitit = import_submitit()
         guard = self._guard
-        name = signal.Signals(guard.signum).name if guard else "the preemption signal"
+        reason = signal.Signals(guard.signum).name if guard else "the preemption signal"
+        if guard is not None and guard.received_at is not None:
+            reason += f" received at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(guard.received_at))} UTC"
         where = f"after iteration {self._preempted_at}" if self._preempted_at is not None else "before training"
-        reason = f"{name} received at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(guard.received_at or 0))} UTC"
         reason += f", checkpoint {where}"
         if self.requeues >= self.max_requeues:
             logger.error(
