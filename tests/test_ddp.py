@@ -196,9 +196,20 @@ def test_two_machines_equal_one_process_and_resume_at_another_world_size(tmp_pat
     with open(os.path.join(one, "metrics.json")) as f:
         assert json.loads(f.readline())["loss_cls"] > 0.1  # the box head had samples to learn from
 
-    # 2 -> 1 and 1 -> 2: refused
-    codes, logs = _run_all([_tool(str(config), dataset, two, resume=True, max_iter=6)])
-    assert codes == [1] and "written by 2 processes" in logs[0] and "this run has 1" in logs[0], logs[0][-3000:]
+    # 2 -> 1 (in this process, as the tool would run it) and 1 -> 2 (two processes): refused
+    from detectron2.config import LazyConfig
+    from detectron2.data import DatasetCatalog
+
+    from hieradet.engine import do_train, register_json_dataset
+
+    if "ddp_machines_train" in DatasetCatalog.list():
+        DatasetCatalog.remove("ddp_machines_train")
+    register_json_dataset("ddp_machines_train", *dataset)
+    cfg = LazyConfig.apply_overrides(
+        LazyConfig.load(str(config)), ["train.device=cpu", f"train.output_dir={two}", "train.max_iter=6"]
+    )
+    with pytest.raises(ValueError, match="written by 2 processes .* and this run has 1: an exact resume needs"):
+        do_train(cfg, resume=True)
     port = _free_port()
     codes, logs = _run_all([_tool(str(config), dataset, one, 2, r, port, resume=True, max_iter=6) for r in (0, 1)])
     assert codes[0] != 0 and "written by 1 process" in logs[0] and "this run has 2" in logs[0], logs[0][-3000:]
