@@ -3,6 +3,9 @@
 * :class:`DeterministicResumeHook` makes ``trainer.train(start_iter, ...)`` after ``--resume`` repeat an
   uninterrupted run: it saves the train loader's stream state in every checkpoint and restores it, and re-seeds
   ``torch`` / ``numpy`` / ``random`` from ``(seed, iteration, rank)`` before every step (ROI sampling, drop path).
+* :class:`PreemptionHook` turns a preemption / time-limit signal (recorded by
+  :class:`hieradet.engine.cluster.PreemptionGuard`) into an exact checkpoint after the current step, then stops
+  the loop with :class:`Preempted`.
 * :func:`default_writers` is detectron2's, with ``metrics.json`` written by
   :class:`hieradet.checkpoint.atomic.AtomicJSONWriter` (whole lines only).
 """
@@ -22,7 +25,7 @@ from hieradet.checkpoint.atomic import AtomicJSONWriter
 from hieradet.data.loader import ResumableTrainLoader
 from hieradet.data.samplers import find_sampler
 
-__all__ = ["DeterministicResumeHook", "default_writers", "step_seed"]
+__all__ = ["DeterministicResumeHook", "Preempted", "PreemptionHook", "default_writers", "step_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +88,13 @@ class DeterministicResumeHook(HookBase):
             rank = comm.get_rank()
             if self._loaded is not None and start_iter > 0:
                 if len(self._loaded) != comm.get_world_size():
+                    n, world = len(self._loaded), comm.get_world_size()
                     raise ValueError(
-                        f"the checkpoint holds the train loader states of {len(self._loaded)} ranks, this run has "
-                        f"{comm.get_world_size()}: resume with the same number of GPUs"
+                        f"the checkpoint was written by {n} process{'es' if n > 1 else ''} (its train loader state "
+                        f"is per rank) and this run has {world}: an exact resume needs the same number, so resume "
+                        f"with {n} process{'es' if n > 1 else ''} (GPUs) in all; or start a new run from these "
+                        "weights (train.init_checkpoint=<the checkpoint>, a new train.output_dir, no --resume), whose "
+                        "data stream and schedule start again"
                     )
                 resumable.load_state_dict(self._loaded[rank])
             else:
@@ -128,11 +135,72 @@ class DeterministicResumeHook(HookBase):
         elif not self._period or (it + 1) % self._period == 0 or it >= last:
             self._states = comm.all_gather(loader.state_dict())
 
+    def collect(self) -> None:
+        """Keeps the ranks' loader states of the step that just finished now (all ranks must call it), for a
+        checkpoint written outside the periodic ones."""
+        loader = self._loader()
+        if loader is not None:
+            self._states = comm.all_gather(loader.state_dict()) if comm.get_world_size() > 1 else [loader.state_dict()]
+
     def state_dict(self):
         return {"loader_states": self._states} if self._states is not None else {}
 
     def load_state_dict(self, state_dict):
         self._loaded = state_dict.get("loader_states")
+
+
+class Preempted(BaseException):
+    """Raised out of the training loop by :class:`PreemptionHook` after the preemption checkpoint was written (a
+    ``BaseException``, as ``SystemExit``: not a training error)."""
+
+    def __init__(self, iteration: int, checkpoint: str):
+        super().__init__(f"preempted after iteration {iteration}; exact checkpoint {checkpoint}")
+        self.iteration, self.checkpoint = iteration, checkpoint
+
+
+class PreemptionHook(HookBase):
+    """After each step, if the preemption signal arrived (on any rank): writes the checkpoint of this iteration
+    (unless the periodic checkpointer just wrote it; with the ranks' train loader states, so that ``--resume``
+    repeats the uninterrupted run) and raises :class:`Preempted`. The step in progress when the signal came is
+    finished first (and an evaluation or checkpoint write that follows it), so every run makes progress. At the
+    last iteration it does nothing: the run ends normally.
+
+    Args:
+        checkpointer: the run's checkpointer (it writes on the main process only).
+        guard: an object whose ``requested`` attribute becomes true on the signal
+            (:class:`hieradet.engine.cluster.PreemptionGuard`).
+    """
+
+    def __init__(self, checkpointer, guard):
+        self._checkpointer = checkpointer
+        self._guard = guard
+
+    def _requested(self) -> bool:
+        flag = bool(self._guard.requested)
+        if comm.get_world_size() > 1:  # the ranks stop after the same step
+            flag = any(comm.all_gather(flag))
+        return flag
+
+    def after_step(self):
+        if not self._requested():
+            return
+        it = self.trainer.iter
+        if it + 1 >= self.trainer.max_iter:
+            logger.info("preemption signal at the last iteration: finishing the run")
+            return
+        for h in self.trainer._hooks:
+            if isinstance(h, DeterministicResumeHook):
+                h.collect()
+        name = f"model_{it:07d}"
+        ckpt = self._checkpointer
+        if comm.is_main_process():
+            last = ""
+            if ckpt.has_checkpoint():
+                last = os.path.basename(ckpt.get_checkpoint_file())
+            if last != f"{name}.pth":
+                ckpt.save(name, iteration=it)
+        comm.synchronize()
+        raise Preempted(it, os.path.join(ckpt.save_dir, f"{name}.pth"))
 
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None):

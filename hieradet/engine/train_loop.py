@@ -42,7 +42,7 @@ from hieradet.solver.clip import clip_gradient_norm
 from hieradet.solver.recipes import apply_total_batch_size
 
 from .datasets import check_datasets, config_dataset_names
-from .hooks import DeterministicResumeHook, default_writers
+from .hooks import DeterministicResumeHook, PreemptionHook, default_writers
 
 __all__ = ["build_model", "checkpoint_for_layout", "do_test", "do_train", "load_for_eval"]
 
@@ -148,13 +148,15 @@ def do_test(cfg, model) -> Dict[str, Dict[str, float]]:
     return results or {}
 
 
-def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
+def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, float]]:
     """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (evaluating every ``eval_period``).
 
     Args:
         cfg: a loaded LazyConfig.
         resume (bool): continue from the last checkpoint in ``train.output_dir`` (iteration, optimizer,
             scheduler and weights) if there is one; otherwise load ``train.init_checkpoint``.
+        preemption: an installed :class:`hieradet.engine.cluster.PreemptionGuard`, or None: on its signal, an
+            exact checkpoint after the current step, then :class:`hieradet.engine.hooks.Preempted` is raised.
 
     Returns:
         The results of the last evaluation (``{}`` if none ran).
@@ -211,6 +213,8 @@ def do_train(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
+            # after the checkpointer and the evaluation, before the writer (which writes once more when it stops)
+            PreemptionHook(checkpointer, preemption) if preemption is not None else None,
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main
             else None,
