@@ -53,6 +53,20 @@ def rel_pos_lookup(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tenso
     return table[idx.long()]
 
 
+def _rel_pos_factors(q, table_h, table_w, q_hw, k_hw) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of the decomposed bias, contiguous (B, heads, qh, qw, kh) and (B, heads, qh, qw, kw)."""
+    (qh, qw), (kh, kw) = q_hw, k_hw
+    Rh = rel_pos_lookup(qh, kh, table_h)
+    Rw = rel_pos_lookup(qw, kw, table_w)
+    B, nh, _, hd = q.shape
+    r_q = q.reshape(B, nh, qh, qw, hd)
+    # in (B, heads, qh, qw, k) row-major order, so that their broadcast sum is produced directly in the
+    # (B, heads, qh * qw, kh * kw) layout the attention kernels read
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    return bias_h, bias_w
+
+
 def rel_pos_bias(
     q: torch.Tensor,
     table_h: torch.Tensor,
@@ -72,19 +86,66 @@ def rel_pos_bias(
         contiguous (B, heads, qh * qw, kh * kw) bias: ``q . R_h[qy, ky] + q . R_w[qx, kx]``.
     """
     (qh, qw), (kh, kw) = q_hw, k_hw
-    Rh = rel_pos_lookup(qh, kh, table_h)
-    Rw = rel_pos_lookup(qw, kw, table_w)
-    B, nh, _, hd = q.shape
-    r_q = q.reshape(B, nh, qh, qw, hd)
-    # the two small factors in (B, heads, qh, qw, k) row-major order, so that their broadcast sum is
-    # produced directly in the (B, heads, qh * qw, kh * kw) layout the attention kernels read
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    B, nh = q.shape[:2]
+    bias_h, bias_w = _rel_pos_factors(q, table_h, table_w, q_hw, k_hw)
     if out is None:
         bias = bias_h[..., :, None] + bias_w[..., None, :]
     else:
         bias = torch.add(bias_h[..., :, None], bias_w[..., None, :], out=out.view(B, nh, qh, qw, kh, kw))
     return bias.view(B, nh, qh * qw, kh * kw)
+
+
+class _RelPosAttention(torch.autograd.Function):
+    """SDPA with the decomposed relpos bias, for training on CPU, keeping only small tensors for backward.
+
+    Autograd through ``scaled_dot_product_attention`` with a float mask that needs a gradient takes SDPA's math
+    path on CPU, which keeps the whole (B, heads, Lq, Lk) softmax for backward (268 MB per global block of
+    HieraDet-B at 1024 px, 805 MB for ViT-B). Here the forward runs SDPA's flash kernel on a transient mask, and
+    backward rebuilds one head's logits at a time from q, k and the two small bias factors, so what stays alive
+    between forward and backward is q, k, v, the output and ``bias_h`` / ``bias_w``.
+
+    Inputs: q (B, heads, Lq, hd), k and v (B, heads, Lk, hd), bias_h (B, heads, qh, qw, kh) and bias_w
+    (B, heads, qh, qw, kw), with Lq = qh * qw and Lk = kh * kw; the output is SDPA's (B, heads, Lq, hd).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias_h, bias_w):
+        B, nh, Lq, _ = q.shape
+        Lk = k.shape[2]
+        mask = (bias_h[..., :, None] + bias_w[..., None, :]).view(B, nh, Lq, Lk)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        ctx.save_for_backward(q, k, v, bias_h, bias_w, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias_h, bias_w, out = ctx.saved_tensors
+        B, nh, Lq, hd = q.shape
+        Lk = k.shape[2]
+        scale = hd**-0.5
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_bh, grad_bw = torch.empty_like(bias_h), torch.empty_like(bias_w)
+        # D_i = sum_j P_ij dP_ij = dO_i . O_i
+        delta = (grad_out * out).sum(-1, keepdim=True)
+        for h in range(nh):  # one head's (B, Lq, Lk) logits at a time
+            qh_, kh_, vh_, go = q[:, h], k[:, h], v[:, h], grad_out[:, h]
+            logits = torch.baddbmm(
+                (bias_h[:, h, ..., :, None] + bias_w[:, h, ..., None, :]).view(B, Lq, Lk),
+                qh_ * scale,
+                kh_.transpose(1, 2),
+            )
+            p = torch.softmax(logits, dim=-1)
+            del logits
+            grad_v[:, h] = torch.bmm(p.transpose(1, 2), go)
+            ds = torch.bmm(go, vh_.transpose(1, 2))
+            ds.sub_(delta[:, h]).mul_(p)  # dS = P * (dP - D)
+            del p
+            grad_q[:, h] = torch.bmm(ds, kh_) * scale
+            grad_k[:, h] = torch.bmm(ds.transpose(1, 2), qh_) * scale
+            ds = ds.view(grad_bh.shape[0], *grad_bh.shape[2:], grad_bw.shape[-1])  # (B, qh, qw, kh, kw)
+            grad_bh[:, h] = ds.sum(-1)
+            grad_bw[:, h] = ds.sum(-2)
+        return grad_q, grad_k, grad_v, grad_bh, grad_bw
 
 
 class _Workspace(threading.local):
@@ -178,12 +239,17 @@ class Attention(nn.Module):
             qh, qw = q.shape[1:3]
             q = q.view(B, qh * qw, self.num_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
-        bias = None
-        if self.use_rel_pos:
-            out = None
-            if not needs_grad(q, self.rel_pos_h, self.rel_pos_w):
-                out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
+        if not self.use_rel_pos:
+            x = F.scaled_dot_product_attention(q, k, v)
+        elif not needs_grad(q, self.rel_pos_h, self.rel_pos_w):
+            out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
             bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W), out=out)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        elif q.device.type == "cpu":  # training on CPU: no (B, heads, Lq, Lk) tensor kept for backward
+            bias_h, bias_w = _rel_pos_factors(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
+            x = _RelPosAttention.apply(q, k, v, bias_h, bias_w)
+        else:  # GPU kernels take the mask's gradient themselves
+            bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.transpose(1, 2).reshape(B, qh, qw, dim_out)  # a view for the SDPA kernels' layout
         return self.proj(x)
