@@ -96,55 +96,66 @@ def rel_pos_bias(
 
 
 class _RelPosAttention(torch.autograd.Function):
-    """SDPA with the decomposed relpos bias, for training on CPU, keeping only small tensors for backward.
+    """Softmax attention with the decomposed relpos bias, for training on CPU, keeping only small tensors for
+    backward.
 
     Autograd through ``scaled_dot_product_attention`` with a float mask that needs a gradient takes SDPA's math
     path on CPU, which keeps the whole (B, heads, Lq, Lk) softmax for backward (268 MB per global block of
-    HieraDet-B at 1024 px, 805 MB for ViT-B). Here the forward runs SDPA's flash kernel on a transient mask, and
-    backward rebuilds one head's logits at a time from q, k and the two small bias factors, so what stays alive
-    between forward and backward is q, k, v, the output and ``bias_h`` / ``bias_w``.
+    HieraDet-B at 1024 px, 805 MB for ViT-B) and allocates several fresh tensors of that size. Here the logits
+    of one head at a time are written into one reused buffer (bias, then ``q k^T`` added in place, then
+    exponentiated in place), and backward rebuilds them from q, k, the two small bias factors and the saved
+    log-sum-exp. Kept for backward: q, k, v, the output, ``bias_h`` / ``bias_w`` and the log-sum-exp.
 
     Inputs: q (B, heads, Lq, hd), k and v (B, heads, Lk, hd), bias_h (B, heads, qh, qw, kh) and bias_w
     (B, heads, qh, qw, kw), with Lq = qh * qw and Lk = kh * kw; the output is SDPA's (B, heads, Lq, hd).
     """
 
     @staticmethod
+    def _logits(buf, q, k, bias_h, bias_w, scale):
+        """``bias + scale * q k^T`` of one head, written into ``buf`` (B, Lq, Lk)."""
+        B, qh, qw, kh = bias_h.shape
+        torch.add(bias_h[..., :, None], bias_w[..., None, :], out=buf.view(B, qh, qw, kh, bias_w.shape[-1]))
+        return buf.baddbmm_(q, k.transpose(1, 2), alpha=scale)
+
+    @staticmethod
     def forward(ctx, q, k, v, bias_h, bias_w):
-        B, nh, Lq, _ = q.shape
-        Lk = k.shape[2]
-        mask = (bias_h[..., :, None] + bias_w[..., None, :]).view(B, nh, Lq, Lk)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        ctx.save_for_backward(q, k, v, bias_h, bias_w, out)
+        B, nh, Lq, hd = q.shape
+        scale = hd**-0.5
+        buf = q.new_empty(B, Lq, k.shape[2])
+        out = q.new_empty(B, nh, Lq, v.shape[-1])
+        lse = q.new_empty(B, nh, Lq, 1)
+        for h in range(nh):
+            p = _RelPosAttention._logits(buf, q[:, h], k[:, h], bias_h[:, h], bias_w[:, h], scale)
+            row_max = p.amax(-1, keepdim=True)
+            p.sub_(row_max).exp_()
+            row_sum = p.sum(-1, keepdim=True)
+            out[:, h] = torch.bmm(p, v[:, h]).div_(row_sum)
+            lse[:, h] = row_max + row_sum.log()
+        ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, bias_h, bias_w, out = ctx.saved_tensors
+        q, k, v, bias_h, bias_w, out, lse = ctx.saved_tensors
         B, nh, Lq, hd = q.shape
-        Lk = k.shape[2]
         scale = hd**-0.5
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_bh, grad_bw = torch.empty_like(bias_h), torch.empty_like(bias_w)
-        # D_i = sum_j P_ij dP_ij = dO_i . O_i
-        delta = (grad_out * out).sum(-1, keepdim=True)
-        for h in range(nh):  # one head's (B, Lq, Lk) logits at a time
+        delta = (grad_out * out).sum(-1, keepdim=True)  # D_i = sum_j P_ij dP_ij = dO_i . O_i
+        p_buf = q.new_empty(B, Lq, k.shape[2])
+        ds = torch.empty_like(p_buf)
+        for h in range(nh):
             qh_, kh_, vh_, go = q[:, h], k[:, h], v[:, h], grad_out[:, h]
-            logits = torch.baddbmm(
-                (bias_h[:, h, ..., :, None] + bias_w[:, h, ..., None, :]).view(B, Lq, Lk),
-                qh_ * scale,
-                kh_.transpose(1, 2),
-            )
-            p = torch.softmax(logits, dim=-1)
-            del logits
+            p = _RelPosAttention._logits(p_buf, qh_, kh_, bias_h[:, h], bias_w[:, h], scale)
+            p.sub_(lse[:, h]).exp_()  # the softmax, from the saved log-sum-exp
             grad_v[:, h] = torch.bmm(p.transpose(1, 2), go)
-            ds = torch.bmm(go, vh_.transpose(1, 2))
+            torch.bmm(go, vh_.transpose(1, 2), out=ds)
             ds.sub_(delta[:, h]).mul_(p)  # dS = P * (dP - D)
-            del p
-            grad_q[:, h] = torch.bmm(ds, kh_) * scale
-            grad_k[:, h] = torch.bmm(ds.transpose(1, 2), qh_) * scale
-            ds = ds.view(grad_bh.shape[0], *grad_bh.shape[2:], grad_bw.shape[-1])  # (B, qh, qw, kh, kw)
-            grad_bh[:, h] = ds.sum(-1)
-            grad_bw[:, h] = ds.sum(-2)
+            ds5 = ds.view(bias_h.shape[0], *bias_h.shape[2:], bias_w.shape[-1])  # (B, qh, qw, kh, kw)
+            grad_bh[:, h] = ds5.sum(-1)
+            grad_bw[:, h] = ds5.sum(-2)
+            grad_q[:, h] = torch.bmm(ds, kh_).mul_(scale)
+            grad_k[:, h] = torch.bmm(ds.transpose(1, 2), qh_).mul_(scale)
         return grad_q, grad_k, grad_v, grad_bh, grad_bw
 
 
