@@ -309,13 +309,24 @@ def test_mlp_training_keeps_no_gelu_output_and_matches_autograd():
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
-def test_relpos_training_keeps_no_attention_matrix():
-    """CPU training with relpos: nothing of size heads * Lq * Lk is kept for backward (SDPA's math path would)."""
+@pytest.mark.parametrize("use_flash", [True, False])
+def test_relpos_training_keeps_no_attention_matrix(use_flash, monkeypatch):
+    """CPU training with relpos: nothing of size heads * Lq * Lk is kept for backward (SDPA's math path would);
+    values and gradients are the plain computation's, with the flash forward and with the head-by-head one."""
+    monkeypatch.setattr(A._RelPosAttention, "use_flash", use_flash)
     attn = Attention(8, 8, 2, use_rel_pos=True, rel_pos_size=(6, 6), q_stride=2)
     _randomise(attn)
-    x = torch.randn(2, 6, 6, 8, requires_grad=True)
-    out, numels = _saved_numels(attn, x)
+    x = torch.randn(2, 6, 6, 8)
+    x1 = x.clone().requires_grad_(True)
+    out, numels = _saved_numels(attn, x1)
     assert out.shape == (2, 3, 3, 8)
     assert max(numels) < 2 * 2 * 9 * 36  # the (B, heads, Lq, Lk) softmax / mask
-    out.sum().backward()
-    assert attn.rel_pos_h.grad.abs().sum() > 0 and attn.rel_pos_w.grad.abs().sum() > 0
+    w = torch.randn(out.shape)
+    grads = torch.autograd.grad((out * w).sum(), [x1] + list(attn.parameters()))
+    x2 = x.clone().requires_grad_(True)
+    ref = ref_attention(attn, x2)
+    torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
+    ref_grads = torch.autograd.grad((ref * w).sum(), [x2] + list(attn.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    assert grads[-1].abs().sum() > 0  # rel_pos_w

@@ -101,14 +101,17 @@ class _RelPosAttention(torch.autograd.Function):
 
     Autograd through ``scaled_dot_product_attention`` with a float mask that needs a gradient takes SDPA's math
     path on CPU, which keeps the whole (B, heads, Lq, Lk) softmax for backward (268 MB per global block of
-    HieraDet-B at 1024 px, 805 MB for ViT-B) and allocates several fresh tensors of that size. Here the logits
-    of one head at a time are written into one reused buffer (bias, then ``q k^T`` added in place, then
-    exponentiated in place), and backward rebuilds them from q, k, the two small bias factors and the saved
-    log-sum-exp. Kept for backward: q, k, v, the output, ``bias_h`` / ``bias_w`` and the log-sum-exp.
+    HieraDet-B at 1024 px, 805 MB for ViT-B) and allocates several fresh tensors of that size. Here the forward
+    runs SDPA's CPU flash kernel on a transient mask, which also returns the log-sum-exp (without that op: the
+    logits of one head at a time in one reused buffer, exponentiated in place), and backward rebuilds each
+    head's softmax in one reused buffer from q, k, the two small bias factors and the log-sum-exp. Kept for
+    backward: q, k, v, the output, ``bias_h`` / ``bias_w`` and the log-sum-exp.
 
     Inputs: q (B, heads, Lq, hd), k and v (B, heads, Lk, hd), bias_h (B, heads, qh, qw, kh) and bias_w
     (B, heads, qh, qw, kw), with Lq = qh * qw and Lk = kh * kw; the output is SDPA's (B, heads, Lq, hd).
     """
+
+    use_flash = True  # False: the head-by-head forward below (also used where torch lacks the CPU flash op)
 
     @staticmethod
     def _logits(buf, q, k, bias_h, bias_w, scale):
@@ -120,6 +123,14 @@ class _RelPosAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_h, bias_w):
         B, nh, Lq, hd = q.shape
+        flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if flash is not None and _RelPosAttention.use_flash:
+            # SDPA's CPU flash kernel on a transient mask; it also returns the log-sum-exp backward needs
+            mask = torch.add(bias_h[..., :, None], bias_w[..., None, :]).view(B, nh, Lq, k.shape[2])
+            out, lse = flash(q, k, v, 0.0, False, attn_mask=mask)
+            del mask
+            ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse.unsqueeze(-1))
+            return out
         scale = hd**-0.5
         buf = q.new_empty(B, Lq, k.shape[2])
         out = q.new_empty(B, nh, Lq, v.shape[-1])
