@@ -313,7 +313,7 @@ def test_mlp_training_keeps_no_gelu_output_and_matches_autograd():
 def test_relpos_training_keeps_no_attention_matrix(use_flash, monkeypatch):
     """CPU training with relpos: nothing of size heads * Lq * Lk is kept for backward (SDPA's math path would);
     values and gradients are the plain computation's, with the flash forward and with the head-by-head one."""
-    monkeypatch.setattr(A._RelPosAttention, "use_flash", use_flash)
+    monkeypatch.setattr(A, "_FLASH_CPU", use_flash)
     attn = Attention(8, 8, 2, use_rel_pos=True, rel_pos_size=(6, 6), q_stride=2)
     _randomise(attn)
     x = torch.randn(2, 6, 6, 8)

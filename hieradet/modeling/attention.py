@@ -95,6 +95,10 @@ def rel_pos_bias(
     return bias.view(B, nh, qh * qw, kh * kw)
 
 
+# training with relpos on CPU: forward through SDPA's CPU flash op where torch has it (False: head by head)
+_FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
 class _RelPosAttention(torch.autograd.Function):
     """Softmax attention with the decomposed relpos bias, for training on CPU, keeping only small tensors for
     backward.
@@ -111,8 +115,6 @@ class _RelPosAttention(torch.autograd.Function):
     (B, heads, qh, qw, kw), with Lq = qh * qw and Lk = kh * kw; the output is SDPA's (B, heads, Lq, hd).
     """
 
-    use_flash = True  # False: the head-by-head forward below (also used where torch lacks the CPU flash op)
-
     @staticmethod
     def _logits(buf, q, k, bias_h, bias_w, scale):
         """``bias + scale * q k^T`` of one head, written into ``buf`` (B, Lq, Lk)."""
@@ -123,11 +125,10 @@ class _RelPosAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_h, bias_w):
         B, nh, Lq, hd = q.shape
-        flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-        if flash is not None and _RelPosAttention.use_flash:
+        if _FLASH_CPU:
             # SDPA's CPU flash kernel on a transient mask; it also returns the log-sum-exp backward needs
             mask = torch.add(bias_h[..., :, None], bias_w[..., None, :]).view(B, nh, Lq, k.shape[2])
-            out, lse = flash(q, k, v, 0.0, False, attn_mask=mask)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask)
             del mask
             ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse.unsqueeze(-1))
             return out
