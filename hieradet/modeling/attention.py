@@ -17,7 +17,10 @@ plain reference written in the test):
 * without autograd (inference), the large relpos mask is written into a reused per-thread workspace
   and the MLP's GELU runs in place: fresh multi-megabyte CPU allocations are page-faulted in on every
   forward, which costs as much as the arithmetic they hold. :func:`clear_workspace` frees the
-  workspace; :func:`set_workspace_enabled` turns it off.
+  workspace; :func:`set_workspace_enabled` turns it off;
+* training with relpos on CPU goes through :class:`_RelPosAttention`, which keeps no (B, heads, Lq, Lk)
+  tensor for backward (SDPA's math path, taken when the mask needs a gradient, keeps its softmax); on GPU
+  the SDPA kernels take the mask's gradient themselves and the mask is built as at inference.
 """
 
 import threading
