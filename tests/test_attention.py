@@ -275,3 +275,58 @@ def test_hieradet_inference_equals_autograd_path():
     slow = model(x)  # autograd on: fresh masks, out-of-place GELU
     for k in fast:
         torch.testing.assert_close(fast[k], slow[k].detach(), rtol=1e-5, atol=1e-5)
+
+
+def _saved_numels(fn, *args):
+    """Element counts of the tensors autograd keeps for backward while ``fn(*args)`` runs (parameters included)."""
+    numels = []
+
+    def pack(t):
+        numels.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, numels
+
+
+def test_mlp_training_keeps_no_gelu_output_and_matches_autograd():
+    for approximate in ("none", "tanh"):
+        mlp = layers.Mlp(6, 40, act_layer=lambda a=approximate: torch.nn.GELU(approximate=a))
+        _randomise(mlp, seed=5)
+        x = torch.randn(2, 5, 6)
+        x1 = x.clone().requires_grad_(True)
+        out, numels = _saved_numels(mlp, x1)
+        assert numels.count(2 * 5 * 40) == 1  # the fc1 output only; GELU's output is recomputed in backward
+        w = torch.randn(out.shape)
+        grads = torch.autograd.grad((out * w).sum(), [x1] + list(mlp.parameters()))
+        x2 = x.clone().requires_grad_(True)
+        h = F.gelu(x2 @ mlp.fc1.weight.t() + mlp.fc1.bias, approximate=approximate)
+        ref = h @ mlp.fc2.weight.t() + mlp.fc2.bias
+        torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-6, atol=1e-6)
+        ref_grads = torch.autograd.grad((ref * w).sum(), [x2] + list(mlp.parameters()))
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_flash", [True, False])
+def test_relpos_training_keeps_no_attention_matrix(use_flash, monkeypatch):
+    """CPU training with relpos: nothing of size heads * Lq * Lk is kept for backward (SDPA's math path would);
+    values and gradients are the plain computation's, with the flash forward and with the head-by-head one."""
+    monkeypatch.setattr(A, "_FLASH_CPU", use_flash)
+    attn = Attention(8, 8, 2, use_rel_pos=True, rel_pos_size=(6, 6), q_stride=2)
+    _randomise(attn)
+    x = torch.randn(2, 6, 6, 8)
+    x1 = x.clone().requires_grad_(True)
+    out, numels = _saved_numels(attn, x1)
+    assert out.shape == (2, 3, 3, 8)
+    assert max(numels) < 2 * 2 * 9 * 36  # the (B, heads, Lq, Lk) softmax / mask
+    w = torch.randn(out.shape)
+    grads = torch.autograd.grad((out * w).sum(), [x1] + list(attn.parameters()))
+    x2 = x.clone().requires_grad_(True)
+    ref = ref_attention(attn, x2)
+    torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
+    ref_grads = torch.autograd.grad((ref * w).sum(), [x2] + list(attn.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    assert grads[-1].abs().sum() > 0  # rel_pos_w

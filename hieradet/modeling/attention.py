@@ -17,7 +17,10 @@ plain reference written in the test):
 * without autograd (inference), the large relpos mask is written into a reused per-thread workspace
   and the MLP's GELU runs in place: fresh multi-megabyte CPU allocations are page-faulted in on every
   forward, which costs as much as the arithmetic they hold. :func:`clear_workspace` frees the
-  workspace; :func:`set_workspace_enabled` turns it off.
+  workspace; :func:`set_workspace_enabled` turns it off;
+* training with relpos on CPU goes through :class:`_RelPosAttention`, which keeps no (B, heads, Lq, Lk)
+  tensor for backward (SDPA's math path, taken when the mask needs a gradient, keeps its softmax); on GPU
+  the SDPA kernels take the mask's gradient themselves and the mask is built as at inference.
 """
 
 import threading
@@ -53,6 +56,20 @@ def rel_pos_lookup(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tenso
     return table[idx.long()]
 
 
+def _rel_pos_factors(q, table_h, table_w, q_hw, k_hw) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of the decomposed bias, contiguous (B, heads, qh, qw, kh) and (B, heads, qh, qw, kw)."""
+    (qh, qw), (kh, kw) = q_hw, k_hw
+    Rh = rel_pos_lookup(qh, kh, table_h)
+    Rw = rel_pos_lookup(qw, kw, table_w)
+    B, nh, _, hd = q.shape
+    r_q = q.reshape(B, nh, qh, qw, hd)
+    # in (B, heads, qh, qw, k) row-major order, so that their broadcast sum is produced directly in the
+    # (B, heads, qh * qw, kh * kw) layout the attention kernels read
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    return bias_h, bias_w
+
+
 def rel_pos_bias(
     q: torch.Tensor,
     table_h: torch.Tensor,
@@ -72,19 +89,89 @@ def rel_pos_bias(
         contiguous (B, heads, qh * qw, kh * kw) bias: ``q . R_h[qy, ky] + q . R_w[qx, kx]``.
     """
     (qh, qw), (kh, kw) = q_hw, k_hw
-    Rh = rel_pos_lookup(qh, kh, table_h)
-    Rw = rel_pos_lookup(qw, kw, table_w)
-    B, nh, _, hd = q.shape
-    r_q = q.reshape(B, nh, qh, qw, hd)
-    # the two small factors in (B, heads, qh, qw, k) row-major order, so that their broadcast sum is
-    # produced directly in the (B, heads, qh * qw, kh * kw) layout the attention kernels read
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh).contiguous()
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw).contiguous()
+    B, nh = q.shape[:2]
+    bias_h, bias_w = _rel_pos_factors(q, table_h, table_w, q_hw, k_hw)
     if out is None:
         bias = bias_h[..., :, None] + bias_w[..., None, :]
     else:
         bias = torch.add(bias_h[..., :, None], bias_w[..., None, :], out=out.view(B, nh, qh, qw, kh, kw))
     return bias.view(B, nh, qh * qw, kh * kw)
+
+
+# training with relpos on CPU: forward through SDPA's CPU flash op where torch has it (False: head by head)
+_FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+class _RelPosAttention(torch.autograd.Function):
+    """Softmax attention with the decomposed relpos bias, for training on CPU, keeping only small tensors for
+    backward.
+
+    Autograd through ``scaled_dot_product_attention`` with a float mask that needs a gradient takes SDPA's math
+    path on CPU, which keeps the whole (B, heads, Lq, Lk) softmax for backward (268 MB per global block of
+    HieraDet-B at 1024 px, 805 MB for ViT-B) and allocates several fresh tensors of that size. Here the forward
+    runs SDPA's CPU flash kernel on a transient mask, which also returns the log-sum-exp (without that op: the
+    logits of one head at a time in one reused buffer, exponentiated in place), and backward rebuilds each
+    head's softmax in one reused buffer from q, k, the two small bias factors and the log-sum-exp. Kept for
+    backward: q, k, v, the output, ``bias_h`` / ``bias_w`` and the log-sum-exp.
+
+    Inputs: q (B, heads, Lq, hd), k and v (B, heads, Lk, hd), bias_h (B, heads, qh, qw, kh) and bias_w
+    (B, heads, qh, qw, kw), with Lq = qh * qw and Lk = kh * kw; the output is SDPA's (B, heads, Lq, hd).
+    """
+
+    @staticmethod
+    def _logits(buf, q, k, bias_h, bias_w, scale):
+        """``bias + scale * q k^T`` of one head, written into ``buf`` (B, Lq, Lk)."""
+        B, qh, qw, kh = bias_h.shape
+        torch.add(bias_h[..., :, None], bias_w[..., None, :], out=buf.view(B, qh, qw, kh, bias_w.shape[-1]))
+        return buf.baddbmm_(q, k.transpose(1, 2), alpha=scale)
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias_h, bias_w):
+        B, nh, Lq, hd = q.shape
+        if _FLASH_CPU:
+            # SDPA's CPU flash kernel on a transient mask; it also returns the log-sum-exp backward needs
+            mask = torch.add(bias_h[..., :, None], bias_w[..., None, :]).view(B, nh, Lq, k.shape[2])
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask)
+            del mask
+            ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse.unsqueeze(-1))
+            return out
+        scale = hd**-0.5
+        buf = q.new_empty(B, Lq, k.shape[2])
+        out = q.new_empty(B, nh, Lq, v.shape[-1])
+        lse = q.new_empty(B, nh, Lq, 1)
+        for h in range(nh):
+            p = _RelPosAttention._logits(buf, q[:, h], k[:, h], bias_h[:, h], bias_w[:, h], scale)
+            row_max = p.amax(-1, keepdim=True)
+            p.sub_(row_max).exp_()
+            row_sum = p.sum(-1, keepdim=True)
+            out[:, h] = torch.bmm(p, v[:, h]).div_(row_sum)
+            lse[:, h] = row_max + row_sum.log()
+        ctx.save_for_backward(q, k, v, bias_h, bias_w, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias_h, bias_w, out, lse = ctx.saved_tensors
+        B, nh, Lq, hd = q.shape
+        scale = hd**-0.5
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_bh, grad_bw = torch.empty_like(bias_h), torch.empty_like(bias_w)
+        delta = (grad_out * out).sum(-1, keepdim=True)  # D_i = sum_j P_ij dP_ij = dO_i . O_i
+        p_buf = q.new_empty(B, Lq, k.shape[2])
+        ds = torch.empty_like(p_buf)
+        for h in range(nh):
+            qh_, kh_, vh_, go = q[:, h], k[:, h], v[:, h], grad_out[:, h]
+            p = _RelPosAttention._logits(p_buf, qh_, kh_, bias_h[:, h], bias_w[:, h], scale)
+            p.sub_(lse[:, h]).exp_()  # the softmax, from the saved log-sum-exp
+            grad_v[:, h] = torch.bmm(p.transpose(1, 2), go)
+            torch.bmm(go, vh_.transpose(1, 2), out=ds)
+            ds.sub_(delta[:, h]).mul_(p)  # dS = P * (dP - D)
+            ds5 = ds.view(bias_h.shape[0], *bias_h.shape[2:], bias_w.shape[-1])  # (B, qh, qw, kh, kw)
+            grad_bh[:, h] = ds5.sum(-1)
+            grad_bw[:, h] = ds5.sum(-2)
+            grad_q[:, h] = torch.bmm(ds, kh_).mul_(scale)
+            grad_k[:, h] = torch.bmm(ds.transpose(1, 2), qh_).mul_(scale)
+        return grad_q, grad_k, grad_v, grad_bh, grad_bw
 
 
 class _Workspace(threading.local):
@@ -178,12 +265,17 @@ class Attention(nn.Module):
             qh, qw = q.shape[1:3]
             q = q.view(B, qh * qw, self.num_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
-        bias = None
-        if self.use_rel_pos:
-            out = None
-            if not needs_grad(q, self.rel_pos_h, self.rel_pos_w):
-                out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
+        if not self.use_rel_pos:
+            x = F.scaled_dot_product_attention(q, k, v)
+        elif not needs_grad(q, self.rel_pos_h, self.rel_pos_w):
+            out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
             bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W), out=out)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        elif q.device.type == "cpu":  # training on CPU: no (B, heads, Lq, Lk) tensor kept for backward
+            bias_h, bias_w = _rel_pos_factors(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
+            x = _RelPosAttention.apply(q, k, v, bias_h, bias_w)
+        else:  # GPU kernels take the mask's gradient themselves
+            bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.transpose(1, 2).reshape(B, qh, qw, dim_out)  # a view for the SDPA kernels' layout
         return self.proj(x)

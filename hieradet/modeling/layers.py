@@ -5,6 +5,7 @@ from functools import partial
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["DropPath", "LayerNorm", "Mlp", "PatchEmbed", "init_weights", "needs_grad"]
@@ -36,6 +37,30 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), weight, bias)`` keeping only ``h`` for backward: GELU is recomputed there instead of
+    keeping its output (the MLP's hidden-size activation) alive between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, approximate: str):
+        ctx.approximate = approximate
+        ctx.save_for_backward(h, weight)
+        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h, approximate=ctx.approximate)
+        if ctx.needs_input_grad[1]:
+            a = F.gelu(h, approximate=ctx.approximate)
+            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t().mm(a.reshape(-1, a.shape[-1]))
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        return grad_h, grad_w, grad_b, None
+
+
 class Mlp(nn.Module):
     """Two-layer MLP (``fc1``/``fc2``, the key names of official Hiera, MAE and detectron2's ViT)."""
 
@@ -47,12 +72,15 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
-        if type(self.act) is nn.GELU and not needs_grad(h):
+        if type(self.act) is not nn.GELU:
+            return self.fc2(self.act(h))
+        if not needs_grad(h):
             # inference: in place (same kernel, no second hidden-size allocation)
-            h = torch._C._nn.gelu_(h, approximate=self.act.approximate)
-        else:
-            h = self.act(h)
-        return self.fc2(h)
+            return self.fc2(torch._C._nn.gelu_(h, approximate=self.act.approximate))
+        if h.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            # training on CPU: GELU recomputed in backward instead of keeping its output
+            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias, self.act.approximate)
+        return self.fc2(self.act(h))
 
 
 class PatchEmbed(nn.Module):
