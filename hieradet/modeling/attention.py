@@ -26,9 +26,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .layers import needs_grad
-from .windows import is_static, pool_hw
+from .windows import _flatten_copy, is_static, pool_hw
 
 __all__ = ["Attention", "clear_workspace", "rel_pos_bias", "rel_pos_lookup", "set_workspace_enabled"]
 
@@ -46,6 +47,9 @@ def rel_pos_lookup(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tenso
         # and take the maxima symbolically, so the graph holds for every size instead of the traced one
         num_dist = 2 * torch.sym_max(q_size, k_size) - 1
         table = F.interpolate(table.t().unsqueeze(0), size=num_dist, mode="linear").squeeze(0).t()
+        if statically_known_true(q_size == k_size):  # unpooled queries: integer offsets, no float sizes
+            idx = torch.arange(q_size, device=table.device)[:, None] - torch.arange(k_size, device=table.device)
+            return table[idx + (k_size - 1)]
         q_scale = torch.sym_max(k_size / q_size, 1.0)
         k_scale = torch.sym_max(q_size / k_size, 1.0)
     else:
@@ -193,5 +197,5 @@ class Attention(nn.Module):
                 out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
             bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W), out=out)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        x = x.transpose(1, 2).reshape(B, qh, qw, dim_out)  # a view for the SDPA kernels' layout
+        x = _flatten_copy(x.transpose(1, 2), (B, qh, qw, dim_out))  # eager: a view for the SDPA kernels' layout
         return self.proj(x)

@@ -13,7 +13,15 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["avg_pool_hw", "ceil_div", "crop_hw", "is_static", "pool_hw", "window_partition", "window_unpartition"]
+__all__ = [
+    "avg_pool_hw",
+    "ceil_div",
+    "crop_hw",
+    "is_static",
+    "pool_hw",
+    "window_partition",
+    "window_unpartition",
+]
 
 
 def is_static(*sizes) -> bool:
@@ -86,7 +94,7 @@ def avg_pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
 def _flatten_copy(x: torch.Tensor, shape) -> torch.Tensor:
     """``x.reshape(shape)`` of a permuted map. With symbolic sizes it always copies: ``reshape`` would ask whether
     the permuted map happens to be contiguous (it is when a single window covers the map), a guard that would
-    specialise the graph to the traced window count."""
+    specialise the graph to the traced window count, and ONNX's decompositions cannot always view it."""
     if is_static(*x.shape):
         return x.reshape(shape)
     return x.clone(memory_format=torch.contiguous_format).view(shape)
