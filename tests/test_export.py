@@ -108,12 +108,27 @@ def test_export_refuses_missing_checkpoint(tmp_path):
         export_model(cfg, str(tmp_path / "none.pth"), "torch_export", str(tmp_path / "out"), backbone_only=True)
 
 
-def test_feature_graph_refuses_square_pad():
-    model = instantiate(tiny_mask_rcnn("vit", img_size=256)).eval()
-    model.backbone.net.square_pad = 256
-    model.backbone._square_pad = 256
-    with pytest.raises(ExportError, match="fixed 256x256 square"):
-        FeatureGraph(model)
+def test_feature_graph_pads_to_square_like_detectron2():
+    from detectron2.structures import ImageList
+
+    model = _model("vit")
+    model.backbone._square_pad = 256  # SimpleFeaturePyramid's square_pad, as the stock ViTDet configs set it
+    graph = FeatureGraph(model).eval()
+    assert graph.square_size == 256
+    image = torch.rand(3, 224, 160) * 255
+    with torch.no_grad():
+        ours = graph(image)
+        batch = ImageList.from_tensors(
+            [(image - model.pixel_mean) / model.pixel_std],
+            model.backbone.size_divisibility,
+            padding_constraints=model.backbone.padding_constraints,
+        ).tensor
+        ref = model.backbone(batch)
+    assert batch.shape[-2:] == (256, 256)
+    for name, a in zip(graph.output_names, ours):
+        torch.testing.assert_close(a, ref[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exceeds the backbone's square_pad=256"):
+        export_features(model, "torch_export", "unused", max_size=320)
 
 
 @pytest.mark.parametrize("mode", ["abswin", "abswin_single", "interpolate"])

@@ -3,8 +3,9 @@ dynamic image height and width, run the exported file, and compare it with the e
 
 The exported graph takes what detectron2's model takes per image: one float32 ``(3, H, W)`` tensor, 0-255, in the
 config's ``input_format``, already resized by the test augmentation. Inside the graph it is normalised with the
-model's ``pixel_mean`` / ``pixel_std`` and zero-padded to the backbone's ``size_divisibility`` exactly as
-detectron2's ``ImageList`` does, so one file serves every size from ``min_size`` up to ``max_size``. The abs-win
+model's ``pixel_mean`` / ``pixel_std`` and zero-padded to the backbone's ``size_divisibility`` (or to the fixed
+square of a ``square_pad`` backbone) exactly as detectron2's ``ImageList`` does, so one file serves every size from
+``min_size`` up to ``max_size``. The abs-win
 position embedding (tile + interpolate) is computed in the graph for the actual size (see
 :mod:`hieradet.modeling.windows` for what keeps the shape arithmetic symbolic). After export the program is
 checked: if a size was specialised to the traced one, export refuses instead of writing a file that would be wrong
@@ -74,19 +75,16 @@ class FeatureGraph(nn.Module):
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().reshape(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().reshape(-1, 1, 1), persistent=False)
         self.size_divisibility, self.square_size = _divisibility(self.backbone)
-        if self.square_size:
-            raise ExportError(
-                f"the backbone pads every batch to a fixed {self.square_size}x{self.square_size} square "
-                "(square_pad); such a model has one input size, export it with model.backbone.square_pad=0 "
-                "only if it was trained that way"
-            )
         self.output_names = sorted(self.backbone.output_shape())
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = (image - self.pixel_mean) / self.pixel_std
         H, W = x.shape[-2:]
-        d = self.size_divisibility
-        x = F.pad(x, (0, (W + d - 1) // d * d - W, 0, (H + d - 1) // d * d - H))
+        d, sq = self.size_divisibility, self.square_size
+        if sq:  # square_pad: detectron2 pads every image to the fixed square (the backbone then sees one size)
+            x = F.pad(x, (0, sq - W, 0, sq - H))
+        else:
+            x = F.pad(x, (0, (W + d - 1) // d * d - W, 0, (H + d - 1) // d * d - H))
         feats = self.backbone(x[None])
         return tuple(feats[k] for k in self.output_names)
 
@@ -166,6 +164,12 @@ def export_features(
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     graph = FeatureGraph(model).eval()
+    if graph.square_size:
+        if max_size > graph.square_size:
+            raise ValueError(
+                f"max_size={max_size} exceeds the backbone's square_pad={graph.square_size}: detectron2 pads every "
+                f"image to that square, so images must be at most {graph.square_size} px per side"
+            )
     if min_size is None:
         min_size = 2 * graph.size_divisibility
     if not min_size <= min(example_hw) and max(example_hw) <= max_size:
@@ -301,8 +305,8 @@ def config_max_size(cfg, model: nn.Module) -> int:
             size = int(aug.get("max_size", 0) or aug.get("short_edge_length", 0) or size)
     except (AttributeError, KeyError, TypeError):
         pass
-    d, _ = _divisibility(model.backbone)
-    return (size + d - 1) // d * d
+    d, square = _divisibility(model.backbone)
+    return square or (size + d - 1) // d * d
 
 
 def read_test_image(cfg, model: nn.Module, path: str) -> torch.Tensor:
