@@ -173,6 +173,10 @@ def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, 
     _auto_box_only(cfg)
     model = build_model(cfg)
     logger.info("Model:\n%s", model)
+    # --- train.compile (deployment owner): compile the backbone in place (state-dict keys unchanged), whole graph
+    if cfg.train.get("compile", False):
+        model.backbone.compile(fullgraph=True)
+    # --- end train.compile
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)

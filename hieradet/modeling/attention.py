@@ -29,9 +29,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .layers import needs_grad
-from .windows import pool_hw
+from .windows import _flatten_copy, is_static, pool_hw
 
 __all__ = ["Attention", "clear_workspace", "rel_pos_bias", "rel_pos_lookup", "set_workspace_enabled"]
 
@@ -44,11 +45,22 @@ def rel_pos_lookup(q_size: int, k_size: int, table: torch.Tensor) -> torch.Tenso
     when L does not match the ``2 * max(q_size, k_size) - 1`` distances this pair needs.
     Returns (q_size, k_size, C).
     """
-    num_dist = 2 * max(q_size, k_size) - 1
-    if table.shape[0] != num_dist:
+    if not is_static(q_size, k_size):
+        # traced with symbolic sizes: resize unconditionally (linear resizing to the same length is the identity)
+        # and take the maxima symbolically, so the graph holds for every size instead of the traced one
+        num_dist = 2 * torch.sym_max(q_size, k_size) - 1
         table = F.interpolate(table.t().unsqueeze(0), size=num_dist, mode="linear").squeeze(0).t()
-    q_scale = max(k_size / q_size, 1.0)
-    k_scale = max(q_size / k_size, 1.0)
+        if statically_known_true(q_size == k_size):  # unpooled queries: integer offsets, no float sizes
+            idx = torch.arange(q_size, device=table.device)[:, None] - torch.arange(k_size, device=table.device)
+            return table[idx + (k_size - 1)]
+        q_scale = torch.sym_max(k_size / q_size, 1.0)
+        k_scale = torch.sym_max(q_size / k_size, 1.0)
+    else:
+        num_dist = 2 * max(q_size, k_size) - 1
+        if table.shape[0] != num_dist:
+            table = F.interpolate(table.t().unsqueeze(0), size=num_dist, mode="linear").squeeze(0).t()
+        q_scale = max(k_size / q_size, 1.0)
+        k_scale = max(q_size / k_size, 1.0)
     q_coords = torch.arange(q_size, device=table.device)[:, None] * q_scale
     k_coords = torch.arange(k_size, device=table.device)[None, :] * k_scale
     # shift so that the most negative distance, -(k_size - 1) * k_scale, indexes entry 0
@@ -277,5 +289,5 @@ class Attention(nn.Module):
         else:  # GPU kernels take the mask's gradient themselves
             bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W))
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        x = x.transpose(1, 2).reshape(B, qh, qw, dim_out)  # a view for the SDPA kernels' layout
+        x = _flatten_copy(x.transpose(1, 2), (B, qh, qw, dim_out))  # eager: a view for the SDPA kernels' layout
         return self.proj(x)

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .windows import ceil_div, is_static
+
 __all__ = [
     "AbsWinPosEmbed",
     "tile_embed",
@@ -61,17 +63,24 @@ def _pair(x) -> Optional[Tuple[int, int]]:
 
 
 def tile_embed(embed: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    """Repeat a (1, C, h, w) grid over an ``hw`` map from the top-left corner, cropping the rest."""
+    """Repeat a (1, C, h, w) grid over an ``hw`` map from the top-left corner, cropping the rest.
+
+    ``hw`` may be symbolic (a traced graph then tiles for the actual input size)."""
     h, w = embed.shape[-2:]
-    reps = (-(-hw[0] // h), -(-hw[1] // w))
+    if not is_static(*hw):  # gather rows / columns i mod h: no guard on how the tiles meet the edge
+        rows = torch.arange(hw[0], device=embed.device) % h
+        cols = torch.arange(hw[1], device=embed.device) % w
+        return embed.index_select(2, rows).index_select(3, cols)
+    reps = (ceil_div(hw[0], h), ceil_div(hw[1], w))
     if reps != (1, 1):
         embed = embed.tile(1, 1, reps[0], reps[1])
     return embed[:, :, : hw[0], : hw[1]]
 
 
 def interpolate_embed(embed: torch.Tensor, hw: Tuple[int, int], antialias: bool = False) -> torch.Tensor:
-    """Bicubic resize of a (1, C, h, w) grid to ``hw`` (identity when the size already matches)."""
-    if tuple(embed.shape[-2:]) == tuple(hw):
+    """Bicubic resize of a (1, C, h, w) grid to ``hw`` (identity when the size already matches; a symbolic
+    ``hw`` is always resized, which equals the identity at the same size)."""
+    if is_static(*hw) and tuple(embed.shape[-2:]) == tuple(hw):
         return embed
     return F.interpolate(embed, size=hw, mode="bicubic", align_corners=False, antialias=antialias)
 
@@ -145,7 +154,8 @@ class AbsWinPosEmbed(nn.Module):
         mode = self.mode if mode is None else mode
         if mode not in POS_EMBED_MODES:
             raise ValueError(f"pos_embed mode must be one of {POS_EMBED_MODES}, got {mode!r}")
-        hw = (int(hw[0]), int(hw[1]))
+        # no int(): a symbolic size (torch.export / torch.compile) would be specialised to the traced one
+        hw = (hw[0], hw[1])
         if mode == "abswin_single":
             return self._single_level(hw)
         if mode == "interpolate":

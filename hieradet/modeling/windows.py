@@ -1,12 +1,50 @@
 """Window partitioning and pooling of BHWC maps, the shape arithmetic of windowed attention and of Hiera's
-stage transitions (query / shortcut pooling)."""
+stage transitions (query / shortcut pooling).
+
+Shapes may be symbolic (``torch.export`` / ``torch.compile(dynamic=True)``): every size here is a ceil-division
+``(n + s - 1) // s`` of the input size, and a traced map is always padded / cropped (a zero-width pad or a full
+crop is free), so no branch on the padding amount is taken while tracing. A branch on a symbolic size
+(``if pad_h:``) would install a guard, and chains of ``Mod`` expressions over the stages made the symbolic
+shape solver spend minutes per export; eager (integer) shapes keep the fast branches.
+"""
 
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["avg_pool_hw", "pool_hw", "window_partition", "window_unpartition"]
+__all__ = [
+    "avg_pool_hw",
+    "ceil_div",
+    "crop_hw",
+    "is_static",
+    "pool_hw",
+    "window_partition",
+    "window_unpartition",
+]
+
+
+def is_static(*sizes) -> bool:
+    """Whether no size is symbolic (``torch.SymInt`` of ``torch.export`` / ``torch.compile(dynamic=True)``); eager
+    ints and ``torch.jit.trace``'s size tensors count as static."""
+    return not any(isinstance(s, torch.SymInt) for s in sizes)
+
+
+def ceil_div(n, d: int):
+    """``ceil(n / d)`` for a (possibly symbolic) size ``n`` and a positive int ``d``."""
+    return (n + d - 1) // d
+
+
+def crop_hw(x: torch.Tensor, h, w, dims: Tuple[int, int] = (1, 2)) -> torch.Tensor:
+    """The top-left ``h`` x ``w`` of ``x`` along ``dims``: a slice in eager mode; a gather when a size is symbolic,
+    so that the result is a fresh contiguous tensor whatever the sizes (a traced slice's contiguity depends on
+    whether it crops anything, which would install a guard specialising the graph to the traced size)."""
+    if is_static(h, w):
+        index = [slice(None)] * x.dim()
+        index[dims[0]], index[dims[1]] = slice(None, h), slice(None, w)
+        return x[tuple(index)]
+    x = x.index_select(dims[0], torch.arange(h, device=x.device))
+    return x.index_select(dims[1], torch.arange(w, device=x.device))
 
 
 def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -19,10 +57,11 @@ def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
     if stride == 1:
         return x
     B, H, W, C = x.shape
-    pad_h, pad_w = (-H) % stride, (-W) % stride
-    if pad_h or pad_w:
+    nh, nw = ceil_div(H, stride), ceil_div(W, stride)
+    pad_h, pad_w = nh * stride - H, nw * stride - W
+    if not is_static(H, W) or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h), value=float("-inf"))
-    x = x.unflatten(1, ((H + pad_h) // stride, stride)).unflatten(3, ((W + pad_w) // stride, stride))
+    x = x.unflatten(1, (nh, stride)).unflatten(3, (nw, stride))
     rows = x[:, :, 0]
     for i in range(1, stride):
         rows = torch.maximum(rows, x[:, :, i])  # (B, H/s, W/s, s, C)
@@ -40,15 +79,25 @@ def avg_pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
     if stride == 1:
         return x
     B, H, W, C = x.shape
-    pad_h, pad_w = (-H) % stride, (-W) % stride
-    if not (pad_h or pad_w):
-        return x.unflatten(1, (H // stride, stride)).unflatten(3, (W // stride, stride)).mean(dim=(2, 4))
+    nh, nw = ceil_div(H, stride), ceil_div(W, stride)
+    pad_h, pad_w = nh * stride - H, nw * stride - W
+    if is_static(H, W) and not (pad_h or pad_w):
+        return x.unflatten(1, (nh, stride)).unflatten(3, (nw, stride)).mean(dim=(2, 4))
     x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    x = x.unflatten(1, ((H + pad_h) // stride, stride)).unflatten(3, ((W + pad_w) // stride, stride))
-    rows = torch.full(((H + pad_h) // stride,), stride, dtype=x.dtype, device=x.device)
-    cols = torch.full(((W + pad_w) // stride,), stride, dtype=x.dtype, device=x.device)
-    rows[-1], cols[-1] = stride - pad_h, stride - pad_w
-    return x.sum(dim=(2, 4)) / (rows[:, None] * cols[None, :])[..., None]
+    x = x.unflatten(1, (nh, stride)).unflatten(3, (nw, stride))
+    # tokens per cell: stride, except the last row / column cut by the edge (no in-place writes: traceable)
+    rows = (H - torch.arange(nh, device=x.device) * stride).clamp(max=stride)
+    cols = (W - torch.arange(nw, device=x.device) * stride).clamp(max=stride)
+    return x.sum(dim=(2, 4)) / (rows[:, None] * cols[None, :]).to(x.dtype)[..., None]
+
+
+def _flatten_copy(x: torch.Tensor, shape) -> torch.Tensor:
+    """``x.reshape(shape)`` of a permuted map. With symbolic sizes it always copies: ``reshape`` would ask whether
+    the permuted map happens to be contiguous (it is when a single window covers the map), a guard that would
+    specialise the graph to the traced window count, and ONNX's decompositions cannot always view it."""
+    if is_static(*x.shape):
+        return x.reshape(shape)
+    return x.clone(memory_format=torch.contiguous_format).view(shape)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -57,12 +106,12 @@ def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, T
     Returns the windows and the padded size (Hp, Wp).
     """
     B, H, W, C = x.shape
-    pad_h, pad_w = (-H) % window_size, (-W) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    Hp, Wp = H + pad_h, W + pad_w
-    x = x.view(B, Hp // window_size, window_size, Wp // window_size, window_size, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C), (Hp, Wp)
+    nh, nw = ceil_div(H, window_size), ceil_div(W, window_size)
+    Hp, Wp = nh * window_size, nw * window_size
+    if not is_static(H, W) or Hp > H or Wp > W:
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+    x = x.view(B, nh, window_size, nw, window_size, C).permute(0, 1, 3, 2, 4, 5)
+    return _flatten_copy(x, (-1, window_size, window_size, C)), (Hp, Wp)
 
 
 def window_unpartition(
@@ -82,7 +131,9 @@ def window_unpartition(
     nh, nw = Hp // window_size, Wp // window_size
     B = windows.shape[0] // (nh * nw)
     x = windows.view(B, nh, nw, window_size, window_size, -1).permute(0, 1, 3, 2, 4, 5)
-    x = x.reshape(B, Hp, Wp, -1)
+    x = _flatten_copy(x, (B, Hp, Wp, -1))
+    if not is_static(H, W, Hp, Wp):
+        return crop_hw(x, H, W)
     if Hp > H or Wp > W:
         x = x[:, :H, :W, :]
         if contiguous:

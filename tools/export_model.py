@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Export a detector's backbone features to ONNX or torch.export, with dynamic image height and width.
+
+  python tools/export_model.py --config-file COCO/mask_rcnn_hieradet_t_100ep.py --checkpoint model.pth \\
+      --format onnx --output out/ --backbone-only [--check img1.jpg img2.jpg] [key=value ...]
+
+writes ``out/model.onnx`` (opset 18, onnxruntime's standard operators) or ``out/model.pt2`` (``torch.export.save``).
+The graph takes one float32 (3, H, W) image, 0-255, in the config's input_format, resized as the test augmentation
+does; it normalises and pads inside and returns the FPN features (p2..p6 or the config's names) for any H, W up to
+``--max-size``. ``--check`` runs the file and the eager model on the images and prints the largest differences.
+Whole-detector export (boxes, scores, classes, masks) is refused with the reason (see ``hieradet.export``).
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True, help="LazyConfig defining `model`, or a hieradet.model_zoo name")
+    p.add_argument("--checkpoint", help="model weights (default: the config's train.init_checkpoint, if any)")
+    p.add_argument("--format", required=True, choices=("onnx", "torch_export"), help="output format")
+    p.add_argument("--output", required=True, help="folder for model.onnx / model.pt2 (created)")
+    p.add_argument("--backbone-only", action="store_true", help="export the backbone (trunk + FPN) features")
+    p.add_argument("--max-size", type=int, help="largest image side the file accepts (default: the test size)")
+    p.add_argument("--check", nargs="+", metavar="IMAGE", help="compare the exported file with eager on images")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: key=value ...")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    from detectron2.config import LazyConfig
+
+    from hieradet.export import ExportError, check_exported, config_max_size, export_model, read_test_image
+    from hieradet.model_zoo import resolve_config_path
+
+    try:
+        config_file = resolve_config_path(args.config_file)
+    except FileNotFoundError:
+        print(f"error: config file not found: {args.config_file} (neither a file nor a model_zoo name)")
+        return 2
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(args.opts or []))
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    try:
+        path, model = export_model(
+            cfg, args.checkpoint, args.format, args.output, backbone_only=args.backbone_only, max_size=args.max_size
+        )
+    except (ExportError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}")
+        return 2
+    max_size = args.max_size or config_max_size(cfg, model)
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s (image sides up to {max_size} px)")
+    if args.check:
+        images = [read_test_image(cfg, model, f) for f in args.check]
+        for f, img, diffs in zip(args.check, images, check_exported(path, model, images, max_size)):
+            worst = max(diffs.values())
+            detail = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+            print(f"{f} {tuple(img.shape[1:])}: max |exported - eager| = {worst:.3g} ({detail})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
