@@ -2,10 +2,10 @@
 
 import argparse
 import os
-import sys
 
 import pytest
 import torch
+from conftest import load_tool_module
 from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
@@ -24,8 +24,7 @@ from hieradet.modeling import HieraDet
 from hieradet.modeling.layout_record import strip_layout_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import convert_checkpoint  # noqa: E402
+convert_checkpoint = load_tool_module("convert_checkpoint")
 
 hiera = pytest.importorskip("hiera")
 

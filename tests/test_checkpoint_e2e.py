@@ -1,9 +1,11 @@
 """A public checkpoint, end to end, with the stock configs and no layout overrides.
 
 For each family a random-weight reference model is saved in its publisher's own file layout; then, from that raw
-file and the matching stock COCO config, with only size / dataset shrinking overrides: 2 training iterations
-through ``tools/lazyconfig_train_net.py``, ``--resume`` (one more), ``--eval-only`` on ``model_final.pth`` and
-``tools/demo.py`` on one image. The layout comes from the files alone.
+file and the matching stock COCO config, with only size / dataset shrinking overrides: the converted file loaded by
+detectron2's plain ``DetectionCheckpointer`` (our path's exact backbone, or a CheckpointError naming
+``apply_checkpoint_layout``), 2 training iterations through ``tools/lazyconfig_train_net.py``, ``--resume`` (one
+more), ``--eval-only`` on ``model_final.pth`` and ``tools/demo.py`` on one image. The layout comes from the files
+alone.
 
 A family is one :class:`Family` entry: a builder that writes the publisher-format file, the stock config, and
 the layout fields the run must end up with. To add one, write its builder and add an entry to ``FAMILIES``.
@@ -11,13 +13,21 @@ the layout fields the run must end up with. To add one, write its builder and ad
 
 import dataclasses
 import os
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 import torch
 from conftest import load_tool_module
 
-from hieradet.checkpoint import METADATA_KEY, CheckpointError, HieraDetCheckpointer, apply_checkpoint_layout
+from hieradet.checkpoint import (
+    METADATA_KEY,
+    CheckpointError,
+    HieraDetCheckpointer,
+    apply_checkpoint_layout,
+    build_converted_checkpoint,
+    convert_state_dict,
+    load_checkpoint_file,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 128  # image size of every run
@@ -97,6 +107,15 @@ def official_hivit_t(path: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+# Fewer proposals, sampled RoIs and kept detections: at SIZE px the box and mask heads (1000 test proposals, 100
+# masks per image) are most of a run's time, and nothing asserted here depends on how many there are.
+HEADS = [
+    "model.proposal_generator.post_nms_topk=[100,50]",
+    "model.roi_heads.batch_size_per_image=64",
+    "model.roi_heads.box_predictor.test_topk_per_image=10",
+]
+
+
 def _lsj(backbone: str) -> List[str]:
     """Shrinks the LSJ loader of configs/common/coco_loader_lsj.py (and the square padding) to SIZE px."""
     return [
@@ -126,6 +145,11 @@ class Family:
     config: str  # the stock COCO config
     shrink: List[str]  # size-only overrides
     layout: Dict[str, object]  # what the run's backbone must end up with (from the file alone)
+    # the converted file in plain DetectionCheckpointer: None = our exact backbone, else the fields its
+    # CheckpointError must name; plain_door=False: checked elsewhere (SAM 2-T: at 512 px in the default suite)
+    plain_refused: Optional[Tuple[str, ...]] = None
+    plain_door: bool = True
+    convert: Dict[str, object] = dataclasses.field(default_factory=dict)  # convert_state_dict's arguments
     file_name: str = "publisher_file.pth"
 
 
@@ -135,18 +159,21 @@ FAMILIES = {
         "configs/COCO/mask_rcnn_hieradet_t_100ep.py",
         _lsj("bottom_up"),
         dict(pos_embed="abswin", pos_embed_window=56, pos_embed_global=None, pretrain_img_size=224),
+        plain_refused=("pos_embed_window=56",),
     ),
     "sam2_t": Family(
         sam2_t,
         "configs/COCO/mask_rcnn_hieradet_t_100ep.py",
         _lsj("bottom_up"),
         dict(pos_embed="abswin_single", pos_embed_window=8, pos_embed_global=7, pretrain_img_size=1024),
+        plain_door=False,  # test_sam2_t_trunk_outputs_at_512_px_equal_sam2
     ),
     "mae_vit_b": Family(
         mae_vit_b,
         "configs/COCO/mask_rcnn_vitdet_b_100ep.py",
         _lsj("net"),
         dict(pos_embed="abswin", window_size=14, pretrain_img_size=224),
+        convert=dict(num_heads=12),
     ),
     "timm_hiera_s_abswin": Family(
         timm_hiera_s_abswin,
@@ -161,6 +188,7 @@ FAMILIES = {
             window_size=[8, 4, 16, 8],
             expand_proj=False,
         ),
+        plain_refused=("window_size=(8, 4, 16, 8)", "expand_proj=False"),
         file_name="model.safetensors",
     ),
     "official_hivit_t": Family(
@@ -168,27 +196,70 @@ FAMILIES = {
         "projects/HiViT/configs/COCO/mask_rcnn_hivit_t_3x.py",
         _multiscale(),
         dict(pos_embed="abswin", window_size=14, pretrain_img_size=224),
+        convert=dict(num_heads=6),
     ),
 }
+
+
+def _net(model):
+    backbone = model.backbone
+    return backbone.bottom_up if hasattr(backbone, "bottom_up") else backbone.net
+
+
+def _convert(raw: str, tmp_path, **convert) -> str:
+    """``raw`` converted as ``tools/convert_checkpoint.py`` converts it; the converted file's path."""
+    path = str(tmp_path / "converted.pth")
+    torch.save(build_converted_checkpoint(convert_state_dict(load_checkpoint_file(raw), **convert)), path)
+    return path
+
+
+def _plain_loader_door(family: Family, raw: str, tmp_path) -> None:
+    """detectron2's own ``DetectionCheckpointer`` loads the converted file into the stock config (shrunk as the run
+    is): our path's exact backbone, or a CheckpointError naming the conflict and ``apply_checkpoint_layout``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    converted = _convert(raw, tmp_path, **family.convert)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(os.path.join(ROOT, family.config)), family.shrink)
+    plain = instantiate(cfg.model)
+    if family.plain_refused is not None:
+        with pytest.raises(CheckpointError) as e:
+            DetectionCheckpointer(plain).load(converted)
+        assert "apply_checkpoint_layout(cfg, checkpoint)" in str(e.value), str(e.value)
+        assert all(field in str(e.value) for field in family.plain_refused), str(e.value)
+        return
+    DetectionCheckpointer(plain).load(converted)
+    ours = _stock(family.config, converted, family.shrink)
+    assert _net(plain).pos_embed.mode == _net(ours).pos_embed.mode
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out_plain, out_ours = _net(plain.eval())(x), _net(ours)(x)
+    assert sorted(out_plain) == sorted(out_ours) and all(torch.equal(out_plain[k], out_ours[k]) for k in out_ours)
 
 
 def _run_family(family: Family, ds, tmp_path, capsys):
     train_net, demo = _load_tool("lazyconfig_train_net"), _load_tool("demo")
     raw = str(tmp_path / family.file_name)
     family.write(raw)
+    if family.plain_door:
+        _plain_loader_door(family, raw, tmp_path)  # 0. detectron2's own checkpointer, given the converted file
     out = str(tmp_path / "out")
-    data = [
-        f"dataloader.train.dataset.names={ds.train_name}",
-        f"dataloader.test.dataset.names={ds.val_name}",
-        f"dataloader.evaluator.dataset_name={ds.val_name}",
-        f"dataloader.evaluator.output_dir={tmp_path / 'eval'}",
-        "dataloader.train.total_batch_size=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-        f"model.roi_heads.num_classes={ds.num_classes}",
-        "train.device=cpu",
-        f"train.output_dir={out}",
-    ] + family.shrink
+    data = (
+        [
+            f"dataloader.train.dataset.names={ds.train_name}",
+            f"dataloader.test.dataset.names={ds.val_name}",
+            f"dataloader.evaluator.dataset_name={ds.val_name}",
+            f"dataloader.evaluator.output_dir={tmp_path / 'eval'}",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0",
+            f"model.roi_heads.num_classes={ds.num_classes}",
+            "train.device=cpu",
+            f"train.output_dir={out}",
+        ]
+        + family.shrink
+        + HEADS
+    )
 
     def tool(*options, overrides):
         args = train_net.build_parser().parse_args(["--config-file", os.path.join(ROOT, family.config), *options])
@@ -224,6 +295,7 @@ def _run_family(family: Family, ds, tmp_path, capsys):
         ["--config-file", os.path.join(ROOT, family.config), "--checkpoint", final, "--input", image]
         + ["--output", str(tmp_path / "vis"), "--confidence-threshold", "0.0"]
         + [o for o in family.shrink if o.startswith("dataloader.test") or ".img_size=" in o]
+        + HEADS
         + [f"model.roi_heads.num_classes={ds.num_classes}"]
     )
     assert len(shown) == 1 and os.path.isfile(shown[0]["output"])
@@ -244,10 +316,10 @@ def test_public_checkpoint_end_to_end(name, synthetic_coco, tmp_path, capsys):
 # equivalence right after loading the raw file into the stock config
 
 
-def _stock(config: str, raw: str):
+def _stock(config: str, raw: str, overrides: List[str] = ()):
     from detectron2.config import LazyConfig, instantiate
 
-    cfg = LazyConfig.load(os.path.join(ROOT, config))
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(os.path.join(ROOT, config)), list(overrides))
     apply_checkpoint_layout(cfg, raw, log=lambda _: None)
     model = instantiate(cfg.model).eval()
     HieraDetCheckpointer(model).load(raw)
@@ -255,16 +327,26 @@ def _stock(config: str, raw: str):
 
 
 def test_sam2_t_trunk_outputs_at_512_px_equal_sam2(tmp_path):
+    """Our path from the raw file, and detectron2's plain ``DetectionCheckpointer`` given the converted file (the
+    record in the weights switches the stock config's ``"auto"`` to ``abswin_single``), both give SAM 2's trunk."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    config = "configs/COCO/mask_rcnn_hieradet_t_100ep.py"
     raw = str(tmp_path / "sam2.1_hiera_tiny.pt")
     sam2_t(raw)
-    backbone = _stock("configs/COCO/mask_rcnn_hieradet_t_100ep.py", raw).backbone.bottom_up
+    backbone = _stock(config, raw).backbone.bottom_up
     rel = [p for n, p in backbone.named_parameters() if "rel_pos" in n]
     assert rel and all(torch.count_nonzero(p) == 0 for p in rel)  # new tables start at zero
+    plain = instantiate(LazyConfig.load(os.path.join(ROOT, config)).model).eval()
+    DetectionCheckpointer(plain).load(_convert(raw, tmp_path))
+    assert plain.backbone.bottom_up.pos_embed.mode == backbone.pos_embed.mode == "abswin_single"
     x = torch.randn(1, 3, 512, 512)
     with torch.no_grad():
-        ref, ours = sam2_t_trunk()(x), backbone(x)
+        ref, ours, theirs = sam2_t_trunk()(x), backbone(x), plain.backbone.bottom_up(x)
     for ref_nchw, name in zip(ref, ["scale2", "scale3", "scale4", "scale5"]):
         torch.testing.assert_close(ours[name], ref_nchw, rtol=0, atol=1e-4)
+        assert torch.equal(theirs[name], ours[name]), name
 
 
 def test_official_hiera_t_every_56x56_tile_is_the_pretrained_grid(tmp_path):

@@ -6,19 +6,16 @@ published checkpoints are saved, converts the file with ``tools/convert_checkpoi
 the result into our backbone.
 """
 
-import os
-import sys
-
 import pytest
 import torch
+from conftest import load_tool_module
 
 from hieradet.checkpoint import METADATA_KEY, load_backbone_checkpoint
 from hieradet.modeling import HieraDet
 from hieradet.modeling.pos_embed import tile_embed
 from hieradet.modeling.vit import ViT
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import convert_checkpoint  # noqa: E402
+convert_checkpoint = load_tool_module("convert_checkpoint")
 
 
 def _convert(tmp_path, source_obj, name, *extra):

@@ -1,12 +1,15 @@
 """The README's install block for an environment of your own, run as written in a fresh venv that holds only torch,
 torchvision and detectron2 (with detectron2's own requirements, and the OpenCV it asks its users to bring):
 ``pip install .`` must bring everything a stock train + evaluation run imports, which then trains 2 iterations and
-evaluates on generated data (polygon masks: the LSJ crop needs shapely).
+evaluates on generated data (polygon masks: the LSJ crop needs shapely). The run's ``sys.modules`` is then audited:
+every module it loaded comes from a declared requirement or the documented environment, it evaluated with
+faster-coco-eval, and ``lvis`` (an extra) stayed unimported.
 
 Cheap by construction: the fresh venv gets the shared environment's torch, torchvision, detectron2, OpenCV and
 detectron2's declared requirements as symlinks (no 6 GB reinstall); pip downloads only what hieradet itself adds
 (measured: about 55 s in all on the shared 2-core machine)."""
 
+import json
 import os
 import re
 import shutil
@@ -16,12 +19,12 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from test_doors_requirements import DETECTRON2_DECLARED, USER_OPENCV, _closure
+from test_doors_requirements import DETECTRON2_DECLARED, USER_OPENCV, _closure, undeclared_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN = r"""
-import os, sys
+import json, os, sys
 import hieradet
 assert hieradet.__file__.startswith(sys.prefix), hieradet.__file__  # the installed wheel, not the checkout
 sys.argv = ["lazyconfig_train_net"]
@@ -47,6 +50,7 @@ args = tool.build_parser().parse_args([
 ])
 results = tool.main(args)
 assert {{"bbox", "segm"}} <= set(results), results
+json.dump(sorted({{m.split(".")[0] for m in sys.modules}}), open("modules.json", "w"))
 print("WHEEL-RUN-OK", sorted(results))
 """
 
@@ -114,3 +118,8 @@ def test_the_cluster_install_block_trains_and_evaluates_in_a_fresh_venv(tmp_path
         [str(venv / "bin" / "python"), "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0 and "WHEEL-RUN-OK" in proc.stdout, proc.stderr[-4000:]
+    modules = json.loads((work / "modules.json").read_text())
+    assert "faster_coco_eval" in modules and "shapely" in modules  # the stock evaluator's backend, LSJ's crop
+    assert "lvis" not in modules  # installed by the block, but an extra: a COCO run never imports it
+    foreign = undeclared_modules(modules)
+    assert not foreign, f"a stock train + eval run imports undeclared packages: {foreign}"

@@ -13,25 +13,34 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("install", "pretrained", "training", "evaluation", "dataset", "troubleshooting", "detectron2tools")
+SECTIONS = (
+    "install", "pretrained", "training", "evaluation", "dataset", "troubleshooting", "detectron2tools",
+    "demo", "configs", "tools", "backbones", "hivit", "pretraining",
+)  # fmt: skip
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.M | re.S)
 
-# appended to a tool's command line (argparse and LazyConfig overrides: the last value wins)
+# a stock HieraDet config at 64 px with a 5-block, 16-channel backbone (LazyConfig overrides)
+TINY_MODEL = [
+    "model.backbone.bottom_up.embed_dim=16",
+    "model.backbone.bottom_up.num_heads=1",
+    "model.backbone.bottom_up.stages=[1,1,2,1]",
+    "model.backbone.bottom_up.global_blocks=[3]",
+    "model.backbone.bottom_up.img_size=64",
+    "model.backbone.square_pad=64",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.test.mapper.augmentations.0.max_size=64",
+]
+# appended to a command line whose tool path ends with the key (argparse and LazyConfig overrides: the last value
+# wins); the first matching key is used
 SHRINK = {
     "generate_dataset.py": ["--num-train", "4", "--num-val", "2", "--image-size", "64"],
+    "pretrain.py": ["dataloader.dataset.num_images=8", "dataloader.total_batch_size=4", "train.max_iter=2"],
     "lazyconfig_train_net.py": [
         "train.init_checkpoint=",  # the block's /path/to/converted.pth is a placeholder; train from scratch
-        "model.backbone.bottom_up.embed_dim=16",
-        "model.backbone.bottom_up.num_heads=1",
-        "model.backbone.bottom_up.stages=[1,1,2,1]",
-        "model.backbone.bottom_up.global_blocks=[3]",
-        "model.backbone.bottom_up.img_size=64",
-        "model.backbone.square_pad=64",
+        *TINY_MODEL,
         "dataloader.train.mapper.augmentations.1.target_height=64",
         "dataloader.train.mapper.augmentations.1.target_width=64",
         "dataloader.train.mapper.augmentations.2.crop_size=[64,64]",
-        "dataloader.test.mapper.augmentations.0.short_edge_length=64",
-        "dataloader.test.mapper.augmentations.0.max_size=64",
         "dataloader.train.total_batch_size=2",
         "dataloader.train.num_workers=0",
         "dataloader.test.num_workers=0",
@@ -63,6 +72,14 @@ RUN_HERE = {  # (section, a string that identifies the block): what runs it
     ("dataset", "tools/generate_dataset.py"): "test_dataset_blocks_generate_and_train",
     ("dataset", "--dataset mine_train"): "test_dataset_blocks_generate_and_train",
     ("detectron2tools", "convert_state_dict"): "test_the_backbone_snippet_gives_sam2s_trunk",
+    ("tools", "generate_synthetic_dataset"): "test_the_tools_demo_block_draws_predictions",
+    ("configs", "use_soft_nms"): "test_the_soft_nms_and_tta_fragment_in_a_config",
+    ("backbones", "model_zoo.list_configs"): "test_the_model_zoo_block",
+    ("backbones", "hieradet_kwargs("): "test_the_backbone_blocks_build_and_load",
+    ("backbones", "apply_checkpoint_layout(model_cfg"): "test_the_backbone_blocks_build_and_load",
+    ("backbones", "add_hieradet_config"): "test_readme.py::test_backbone_snippet_builds_a_working_mask_rcnn[yacs]",
+    ("hivit", "hivit_kwargs"): "test_the_backbone_blocks_build_and_load",
+    ("pretraining", "mae_hiera_toy_shapes.py"): "test_the_toy_pretraining_block",
 }
 
 
@@ -94,9 +111,13 @@ def scratch(tmp_path):
     return tmp_path
 
 
-def _run(argv, cwd, timeout=900):
-    tool = next((k for k in SHRINK if argv[1].endswith(k)), None)
-    argv = [sys.executable] + argv[1:] + (SHRINK[tool] if tool else [])  # .venv/bin/python is this interpreter here
+def _run(argv, cwd, timeout=900, shrink=None):
+    """Runs one command of a block (``python``, ``.venv/bin/python``: this interpreter) with ``shrink`` appended
+    (default: the ``SHRINK`` entry of its tool)."""
+    if shrink is None:
+        tool = next((k for k in SHRINK if argv[1].endswith(k)), None)
+        shrink = SHRINK[tool] if tool else []
+    argv = [sys.executable] + argv[1:] + shrink
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(argv[:4])} ... failed:\n{proc.stderr[-3000:]}"
@@ -138,3 +159,77 @@ def test_the_backbone_snippet_gives_sam2s_trunk(scratch, monkeypatch):
         expected = trunk(torch.zeros(1, 3, 512, 512))[-1]
     assert scope["backbone"].pos_embed.mode == "abswin_single"
     torch.testing.assert_close(scope["features"]["scale5"], expected, rtol=0, atol=1e-4)
+
+
+def _exec(block: str, scope: dict) -> dict:
+    exec(compile(block, "README block", "exec"), scope)
+    return scope
+
+
+def test_the_soft_nms_and_tta_fragment_in_a_config(tmp_path):
+    """The configs section's fragment, placed after a stock config's ``model`` in a config file of one's own."""
+    from detectron2.config import LazyConfig
+
+    from hieradet.modeling.soft_nms import SoftNMSFastRCNNOutputLayers
+    from hieradet.modeling.tta import GeneralizedRCNNTTA
+
+    own = tmp_path / "my_config.py"
+    own.write_text(
+        "from hieradet.model_zoo import get_config\n\n"
+        "model = get_config('COCO/mask_rcnn_hieradet_b_100ep.py').model\n" + _block("configs", "use_soft_nms")
+    )
+    model = LazyConfig.load(str(own)).model
+    assert model._target_ is GeneralizedRCNNTTA and model.flip and model.max_size == 1920
+    predictor = model.model.roi_heads.box_predictor
+    assert predictor._target_ is SoftNMSFastRCNNOutputLayers and predictor.soft_nms_method == "linear"
+
+
+def test_the_model_zoo_block():
+    scope = _exec(_block("backbones", "model_zoo.list_configs"), {})
+    assert scope["cfg"].model.backbone.bottom_up.embed_dim == 96 and os.path.isfile(scope["path"])
+    assert "HiViT/COCO/mask_rcnn_hivit_b_3x.py" in scope["names"] and os.path.isfile(scope["path"])
+
+
+@pytest.mark.slow
+def test_the_backbone_blocks_build_and_load(tmp_path, monkeypatch):
+    """The backbones section's LazyConfig build and its load of a raw official Hiera-B file (random weights in the
+    published format), and the HiViT section's block, each as written (test_readme.py runs the yacs block and
+    the built model)."""
+    hiera = pytest.importorskip("hiera")
+    from hieradet.modeling import HieraDet
+    from hieradet.modeling.hivit import HiViT
+
+    torch.manual_seed(0)
+    official = hiera.hiera_base_224(pretrained=False)
+    with torch.no_grad():
+        official.pos_embed.normal_(std=0.02)
+    torch.save({"model_state": official.state_dict()}, tmp_path / "hiera_base_224.pth")
+    monkeypatch.chdir(tmp_path)
+    scope = _exec(_block("backbones", "hieradet_kwargs("), {})
+    assert isinstance(scope["model"].backbone.bottom_up, HieraDet)
+    _exec(_block("backbones", "apply_checkpoint_layout(model_cfg"), scope)
+    bottom_up = scope["model"].backbone.bottom_up
+    assert bottom_up.pos_embed.mode == "abswin" and bottom_up.pos_embed.window_embed.shape[-2:] == (56, 56)
+    assert torch.equal(bottom_up.patch_embed.proj.weight, official.patch_embed.proj.weight)
+    scope = _exec(_block("hivit", "hivit_kwargs"), {})
+    assert isinstance(scope["backbone"], HiViT)
+
+
+@pytest.mark.slow
+def test_the_tools_demo_block_draws_predictions(scratch, monkeypatch, load_tool):
+    """The tools section's generated-data block with a tiny HieraDet-B model (random weights, as written)."""
+    (scratch / "docs" / "images").mkdir(parents=True)
+    generate, demo = _commands(_block("tools", "generate_synthetic_dataset"))
+    # in this process (two interpreter start-ups were most of the time): the -c code, then the tool's main
+    assert generate[:2] == [".venv/bin/python", "-c"] and demo[:2] == [".venv/bin/python", "tools/demo.py"]
+    monkeypatch.chdir(scratch)
+    exec(compile(generate[2], "README -c", "exec"), {})
+    shown = load_tool("demo").main(demo[2:] + TINY_MODEL)
+    assert len(shown) == 2 and len(list((scratch / "docs" / "images" / "tools_demo").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_the_toy_pretraining_block(scratch):
+    ((argv),) = _commands(_block("pretraining", "mae_hiera_toy_shapes.py"))
+    _run(argv, scratch)
+    assert (scratch / "output" / "mae_hiera_toy_shapes" / "hieradet_backbone_final.pth").is_file()
