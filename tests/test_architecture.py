@@ -26,7 +26,8 @@ LAYERS = [
     ("solver", "checkpoint"),
     ("evaluation", "analysis"),
     ("pretrain",),
-    ("engine", "config", "export"),
+    ("engine", "config"),
+    ("export",),  # the exported graph wraps the predictor's preprocessing
     ("benchmark",),  # measures what is below it: models, exported models, evaluators
     ("testing", "__init__"),  # test helpers; the package's own __init__
 ]
