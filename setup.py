@@ -43,6 +43,7 @@ class BuildWithModelZoo(build_py):
 setup(
     name="hieradet",
     version="0.1.0",
+    license="Apache-2.0",
     description="Detectron2 extension: hierarchical and plain ViT backbones with absolute-win position embeddings",
     python_requires=">=3.10",
     packages=find_packages(include=["hieradet", "hieradet.*"]),
