@@ -215,3 +215,19 @@ def test_size_mismatch_and_damaged_or_newer_records_are_named():
         small.load_state_dict(dict(sd, layout_record=damaged))
     with pytest.raises(ValueError, match="does not fit the 1024-byte buffer"):
         encode_record({"layout": "x" * RECORD_BYTES})
+
+
+def test_our_checkpointer_refuses_a_bare_state_dict_of_another_family(tmp_path):
+    """A ``torch.save(model.state_dict())`` of a ViT detector, loaded into a HieraDet model by our checkpointer:
+    no metadata, no record where the model has its backbone; the ViT's record names the family instead of every
+    backbone weight being reported missing and the backbone left at random."""
+    torch.manual_seed(0)
+    vit = instantiate(_cfg("vit", pos_embed="abswin").model)
+    path = str(tmp_path / "vit_state_dict.pth")
+    torch.save(vit.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"holds ViT weights but the model's backbone is HieraDet"):
+        HieraDetCheckpointer(instantiate(_cfg(pos_embed="abswin").model)).load(path)
+    # the same file into a ViT model loads exactly
+    other = instantiate(_cfg("vit", pos_embed="abswin").model)
+    HieraDetCheckpointer(other).load(path)
+    assert torch.equal(_features(other), _features(vit))

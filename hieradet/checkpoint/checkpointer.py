@@ -184,7 +184,13 @@ class HieraDetCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
         if not backbones:
             return meta
         if meta is None:  # e.g. a model_final.pth written by detectron2's own tools: the record is in the weights
-            inside = {p: r for p, r in state_dict_records(sd).items() if p in backbones}
+            records = state_dict_records(sd)
+            inside = {p: r for p, r in records.items() if p in backbones}
+            if not inside and len(records) == 1:
+                # a backbone of ours at another place (e.g. a ViT's weights for a HieraDet model): the record says
+                # which; the metadata path below moves the keys or refuses another family, instead of detectron2
+                # loading nothing into the backbone without an error
+                inside = records
             if len(inside) == 1:
                 ((prefix, record),) = inside.items()
                 meta = dict(record, prefix=prefix)
