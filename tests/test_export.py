@@ -161,3 +161,13 @@ def test_backbone_forward_under_bf16_autocast():
         assert torch.isfinite(a).all()
         err = (a.float() - b).norm() / b.norm()
         assert err < 0.05, f"{name}: relative error {err:.3g} in bf16"
+
+
+def test_export_names_the_extra_and_checks_the_example_size(tmp_path, monkeypatch):
+    model = _model("hieradet")
+    monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # as if the export extra were not installed
+    with pytest.raises(ImportError, match=r"hieradet\[export\]"):
+        export_features(model, "onnx", str(tmp_path), max_size=320)
+    assert not (tmp_path / "model.onnx").exists()
+    with pytest.raises(ValueError, match=r"example size \(64, 512\) must lie in"):
+        export_features(model, "torch_export", str(tmp_path), example_hw=(64, 512), max_size=320)

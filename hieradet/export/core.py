@@ -143,6 +143,18 @@ def trace(module: nn.Module, example: torch.Tensor, min_size: int, max_size: int
     return ep
 
 
+def _require_onnx_exporter() -> None:
+    """torch.onnx's exporter needs onnx and onnxscript: checked before the tracing, which takes a while."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"ONNX export needs onnx and onnxscript ({e}): pip install 'hieradet[export]' (in a checkout: "
+            "pip install -e '.[export]')"
+        ) from e
+
+
 def export_features(
     model: nn.Module,
     fmt: str,
@@ -172,9 +184,11 @@ def export_features(
             )
     if min_size is None:
         min_size = 2 * graph.size_divisibility
-    if not min_size <= min(example_hw) and max(example_hw) <= max_size:
+    if not (min_size <= min(example_hw) and max(example_hw) <= max_size):
         raise ValueError(f"example size {example_hw} must lie in [{min_size}, {max_size}]")
     example = torch.rand(3, *example_hw) * 255
+    if fmt == "onnx":
+        _require_onnx_exporter()
     ep = trace(graph, example, min_size, max_size)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FILENAMES[fmt])
@@ -202,7 +216,10 @@ class _OrtRunner:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - the export extra installs it
-            raise ImportError("running an ONNX file needs onnxruntime: pip install -e '.[export]'") from e
+            raise ImportError(
+                "running an ONNX file needs onnxruntime: pip install 'hieradet[export]' (in a checkout: "
+                "pip install -e '.[export]')"
+            ) from e
         opts = ort.SessionOptions()
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.max_size = max_size
