@@ -133,8 +133,11 @@ def test_dataset_blocks_generate_and_train(scratch):
     ((argv),) = _commands(_block("dataset", "--dataset mine_train"))
     proc = _run(argv, scratch)
     assert (scratch / "output" / "mine" / "model_final.pth").is_file()
-    assert "Evaluation results for segm" in proc.stdout + proc.stderr
-    assert "coco_2017_val" not in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    # evaluated on the own val set; after 2 iterations the model may detect nothing, and detectron2 then scores the
+    # bbox task alone (it reads the tasks from the predictions), so the task is not asserted
+    assert re.search(r"Evaluation results for (bbox|segm)", out) and "Start inference on 2 batches" in out
+    assert "coco_2017_val" not in out
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from torch import nn
 
 from hieradet.analysis import window_similarity
 from hieradet.modeling.hieradet import HieraDet
+from hieradet.modeling.layout_record import strip_layout_records
 from hieradet.pretrain import HieraMAE, pretrain_encoder_kwargs
 from hieradet.pretrain.engine import cosine_lr, mae_param_groups
 
@@ -164,7 +165,9 @@ def finetune_toy(
     """Fine-tunes a classifier from ``encoder_state`` at the images' size; returns top-1 on ``test`` (in %)."""
     torch.manual_seed(seed)
     trunk = HieraDet(**_classifier_kwargs(st, pos_embed_type))
-    trunk.load_state_dict(encoder_state, strict=True)  # same keys: the pretraining encoder is a HieraDet
+    # same keys: the pretraining encoder is a HieraDet. Its layout record is left out on purpose: the experiment
+    # runs the pretrained embedding in another mode (the full grid interpolated), which the record would refuse
+    trunk.load_state_dict(strip_layout_records(encoder_state), strict=True)
     model = HieraClassifier(trunk, len(st.shapes) * 4, regions=st.head_regions)
     opt = torch.optim.AdamW(mae_param_groups(model, 0.05), lr=st.finetune_lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(seed)
