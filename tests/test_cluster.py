@@ -480,14 +480,7 @@ def test_local_job_preempted_after_iteration_3_is_identical(datasets, reference,
     _compare(out, reference, logs)
 
 
-# The two jobs below take 2-4 minutes each here; CI's budget leaves them out: set HIERADET_CLUSTER_EXTRA=1 to run them.
-_EXTRA = pytest.mark.skipif(
-    os.environ.get("HIERADET_CLUSTER_EXTRA") != "1", reason="set HIERADET_CLUSTER_EXTRA=1 (2-4 min per job)"
-)
-
-
 @pytest.mark.slow
-@_EXTRA
 def test_local_job_signalled_during_a_checkpoint_write_and_an_evaluation(datasets, reference, tmp_path):
     """Preempted twice: first while model_0000004.pth is being written (the write pauses 4 s after 64 KiB, a test
     hook of hieradet.checkpoint.atomic): the write completes and is the checkpoint of the requeue; then, in the
@@ -517,7 +510,6 @@ def test_local_job_signalled_during_a_checkpoint_write_and_an_evaluation(dataset
 
 
 @pytest.mark.slow
-@_EXTRA
 def test_local_job_through_submitits_time_limit(datasets, reference, tmp_path):
     """submitit's own timeout path: --timeout 1 --signal-delay 25, so the local executor's controller sends USR2
     35 s after each run starts (to the task only). The run that first reaches iteration 3 waits there until the
