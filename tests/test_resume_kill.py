@@ -13,6 +13,7 @@ every iteration (``metrics.json`` holds smoothed losses) and kill during an eval
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def reference(datasets, tmp_path_factory):
             losses = _raw_losses(out)
             assert sorted(losses) == list(range(MAX_ITER))
             runs[key] = (losses, _final_weights(out))
+            shutil.rmtree(out)  # what the comparisons need is in memory; its checkpoints are 2 GB of disk
         return runs[key]
 
     return get
