@@ -280,9 +280,10 @@ def test_the_predict_block_draws_predictions(scratch, monkeypatch, load_tool):
 @pytest.mark.slow
 def test_the_input_guard_timing_block():
     """The recipes page's timing of the input guard runs as written and prints one line per dtype."""
-    ((argv),) = _commands(_block("docs/recipes.md", "check_finite_inputs"))
-    assert argv[:2] == [".venv/bin/python", "-c"]
-    proc = _run(argv, ROOT, timeout=120)
+    # one multi-line `python -c "..."` command (the code has no double quotes of its own)
+    code = re.fullmatch(r'\.venv/bin/python -c "\n(.*)\n"\n', _block("docs/recipes.md", "check_finite_inputs"), re.S)
+    assert code and '"' not in code.group(1)
+    proc = _run([".venv/bin/python", "-c", code.group(1)], ROOT, timeout=120)
     lines = proc.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["torch.uint8", "torch.float32"]
     assert all(line.endswith("ms per batch of 2") for line in lines)
