@@ -1,5 +1,6 @@
-# The two commands of the README are `make demo` and `make test`; both install first (seconds when
-# the environment in .venv/ is already up to date).
+# The two commands of the README's quick start are `make demo` and `make test`; both install first (seconds when
+# the environment in .venv/ is already up to date). `make demo` runs the CPU demo, tools/demo_train.py (generate
+# a dataset, train, evaluate, draw); running a model on images is tools/predict.py.
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 

@@ -29,7 +29,7 @@ def load_tool_module(name: str) -> types.ModuleType:
 
 @pytest.fixture(scope="session")
 def load_tool():
-    """A function loading a tool script as a module: ``load_tool("demo")`` (``tools/demo.py``) or
+    """A function loading a tool script as a module: ``load_tool("predict")`` (``tools/predict.py``) or
     ``load_tool("projects/HiViT/tools/convert_hivit_checkpoint.py")``."""
     return load_tool_module
 

@@ -4,7 +4,7 @@ For each family a random-weight reference model is saved in its publisher's own 
 file and the matching stock COCO config, with only size / dataset shrinking overrides: the converted file loaded by
 detectron2's plain ``DetectionCheckpointer`` (our path's exact backbone, or a CheckpointError naming
 ``apply_checkpoint_layout``), 2 training iterations through ``tools/lazyconfig_train_net.py``, ``--resume`` (one
-more), ``--eval-only`` on ``model_final.pth`` and ``tools/demo.py`` on one image. The layout comes from the files
+more), ``--eval-only`` on ``model_final.pth`` and ``tools/predict.py`` on one image. The layout comes from the files
 alone.
 
 A family is one :class:`Family` entry: a builder that writes the publisher-format file, the stock config, and
@@ -238,7 +238,7 @@ def _plain_loader_door(family: Family, raw: str, tmp_path) -> None:
 
 
 def _run_family(family: Family, ds, tmp_path, capsys):
-    train_net, demo = _load_tool("lazyconfig_train_net"), _load_tool("demo")
+    train_net, predict = _load_tool("lazyconfig_train_net"), _load_tool("predict")
     raw = str(tmp_path / family.file_name)
     family.write(raw)
     if family.plain_door:
@@ -287,11 +287,11 @@ def _run_family(family: Family, ds, tmp_path, capsys):
     results = tool("--eval-only", overrides=[f"train.init_checkpoint={final}"])
     assert "bbox" in results  # (an untrained model may have no masks to score)
 
-    # 4. tools/demo.py on one image
+    # 4. tools/predict.py on one image
     from detectron2.data import DatasetCatalog
 
     image = DatasetCatalog.get(ds.val_name)[0]["file_name"]
-    shown = demo.main(
+    shown = predict.main(
         ["--config-file", os.path.join(ROOT, family.config), "--checkpoint", final, "--input", image]
         + ["--output", str(tmp_path / "vis"), "--confidence-threshold", "0.0"]
         + [o for o in family.shrink if o.startswith("dataloader.test") or ".img_size=" in o]

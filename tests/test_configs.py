@@ -575,11 +575,11 @@ def test_recipe_row_is_read_from_the_config():
 
 @pytest.mark.slow
 def test_readme_recipe_table_is_the_generated_one():
-    """docs/readme/configs.md holds exactly what tools/recipe_table.py prints (about 50 s: it loads ~60 configs)."""
+    """docs/recipes.md holds exactly what tools/recipe_table.py prints (about 50 s: it loads ~60 configs)."""
     from hieradet.solver.recipe_table import recipe_table, replace_table
 
-    doc = (ROOT / "docs" / "readme" / "configs.md").read_text()
-    fix = "run: python tools/recipe_table.py --write docs/readme/configs.md"
+    doc = (ROOT / "docs" / "recipes.md").read_text()
+    fix = "run: python tools/recipe_table.py --write docs/recipes.md"
     assert replace_table(doc, recipe_table(ROOT)) == doc, fix
     with pytest.raises(ValueError, match="no recipe table markers"):
         replace_table("no table here", "x")

@@ -1,4 +1,5 @@
-"""Runs the Python snippets of the README that are marked ``<!-- readme-test: NAME -->``."""
+"""README.md stays a short, generated page, and the Python snippets of README.md and docs/ that are marked
+``<!-- readme-test: NAME -->`` run."""
 
 import re
 from pathlib import Path
@@ -6,16 +7,30 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MAX_LINES = 450  # a newcomer reads it in five minutes; the detail is in docs/
 _SNIPPET = re.compile(r"<!-- readme-test: (\S+) -->\s*```python\n(.*?)```", re.S)
 
 
 def _snippets():
-    return dict(_SNIPPET.findall(README.read_text()))
+    """``{name: code}`` over README.md and docs/*.md; a name used twice is an error (one would go untested)."""
+    found = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        found += _SNIPPET.findall(page.read_text())
+    names = [name for name, _ in found]
+    assert len(names) == len(set(names)), f"a readme-test name is used twice: {names}"
+    return dict(found)
 
 
 def test_readme_has_the_backbone_snippets():
     assert {"lazyconfig", "yacs"} <= set(_snippets())
+    assert "<!-- readme-test: yacs -->" in README.read_text()  # the yacs path's block is the README's own
+
+
+def test_readme_is_short():
+    n = len(README.read_text().splitlines())
+    assert n <= MAX_LINES, f"README.md has {n} lines (at most {MAX_LINES}): move detail into a page in docs/"
 
 
 @pytest.mark.parametrize("name", ["lazyconfig", "yacs"])

@@ -1,6 +1,7 @@
-"""The README's command blocks run as written: every ``bash`` / ``python`` block of the sections checked here either
-says what it needs beyond a CPU (a first comment line ``# needs: ...``) or is run below, in a scratch folder that
-sees the checkout's ``.venv``, ``tools`` and ``configs``, shrunk only by arguments appended to its commands."""
+"""The command blocks of README.md and of the pages in docs/ run as written: every ``bash`` / ``python`` block either
+says what it needs beyond a CPU (a first comment line ``# needs: ...``), is a test-suite command CI runs (``pytest``
+on test files that exist, ``make`` targets of the Makefile), or is run below, in a scratch folder that sees the
+checkout's ``.venv``, ``tools`` and ``configs``, shrunk only by arguments appended to its commands."""
 
 import os
 import re
@@ -13,10 +14,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = (
-    "install", "pretrained", "training", "evaluation", "dataset", "troubleshooting", "detectron2tools",
-    "demo", "configs", "tools", "backbones", "hivit", "pretraining",
+# pages whose blocks record how a figure was measured (benchmark runs, profiles, the demo's tuning log): re-running
+# them is a measurement, not a use of the project, so they are not checked here
+MEASUREMENT_LOGS = (
+    "docs/benchmarks.md", "docs/benchmarks_peers.md", "docs/demo_tuning.md", "docs/pos_embed_analysis.md",
 )  # fmt: skip
+PAGES = ("README.md",) + tuple(
+    sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md") if p.name != "README.md")
+)
 FENCE = re.compile(r"^```(bash|python)\n(.*?)^```", re.M | re.S)
 
 # a stock HieraDet config at 64 px with a 5-block, 16-channel backbone (LazyConfig overrides)
@@ -52,45 +57,86 @@ SHRINK = {
 
 
 def _blocks():
-    """``[(section, language, text)]`` of the checked sections' code blocks, each also found verbatim in README.md."""
-    readme = (ROOT / "README.md").read_text()
+    """``[(page, language, text)]`` of the checked pages' code blocks (pages relative to the repository root)."""
     out = []
-    for name in SECTIONS:
-        for lang, text in FENCE.findall((ROOT / "docs" / "readme" / f"{name}.md").read_text()):
-            assert text in readme, f"a {name}.md block is not in README.md: run tools/build_readme.py"
-            out.append((name, lang, text))
+    for page in PAGES:
+        if page in MEASUREMENT_LOGS:
+            continue
+        for lang, text in FENCE.findall((ROOT / page).read_text()):
+            out.append((page, lang, text))
     return out
 
 
-def _block(section: str, must_contain: str) -> str:
-    found = [t for s, _, t in _blocks() if s == section and must_contain in t]
-    assert len(found) == 1, f"{section}: {len(found)} blocks contain {must_contain!r}"
+def _block(page: str, must_contain: str) -> str:
+    found = [t for p, _, t in _blocks() if p == page and must_contain in t]
+    assert len(found) == 1, f"{page}: {len(found)} blocks contain {must_contain!r}"
     return found[0]
 
 
-RUN_HERE = {  # (section, a string that identifies the block): what runs it
-    ("dataset", "tools/generate_dataset.py"): "test_dataset_blocks_generate_and_train",
-    ("dataset", "--dataset mine_train"): "test_dataset_blocks_generate_and_train",
-    ("detectron2tools", "convert_state_dict"): "test_the_backbone_snippet_gives_sam2s_trunk",
-    ("tools", "generate_synthetic_dataset"): "test_the_tools_demo_block_draws_predictions",
-    ("configs", "use_soft_nms"): "test_the_soft_nms_and_tta_fragment_in_a_config",
-    ("backbones", "model_zoo.list_configs"): "test_the_model_zoo_block",
-    ("backbones", "hieradet_kwargs("): "test_the_backbone_blocks_build_and_load",
-    ("backbones", "apply_checkpoint_layout(model_cfg"): "test_the_backbone_blocks_build_and_load",
-    ("backbones", "add_hieradet_config"): "test_readme.py::test_backbone_snippet_builds_a_working_mask_rcnn[yacs]",
-    ("hivit", "hivit_kwargs"): "test_the_backbone_blocks_build_and_load",
-    ("pretraining", "mae_hiera_toy_shapes.py"): "test_the_toy_pretraining_block",
+RUN_HERE = {  # (page, a string that identifies the block): what runs it
+    ("docs/dataset.md", "tools/generate_dataset.py"): "test_dataset_blocks_generate_and_train",
+    ("README.md", "--dataset mine_train"): "test_dataset_blocks_generate_and_train",
+    ("docs/dataset.md", "--dataset mine_train"): "test_blocks_shown_on_two_pages_are_the_same",
+    ("docs/detectron2_tools.md", "convert_state_dict"): "test_blocks_shown_on_two_pages_are_the_same",
+    ("README.md", "convert_state_dict"): "test_the_backbone_snippet_gives_sam2s_trunk",
+    ("docs/inference.md", "generate_synthetic_dataset"): "test_the_predict_block_draws_predictions",
+    ("docs/recipes.md", "use_soft_nms"): "test_the_soft_nms_and_tta_fragment_in_a_config",
+    ("docs/recipes.md", "check_finite_inputs"): "test_the_input_guard_timing_block",
+    ("docs/recipes.md", "recipe_table.py --write"): "test_configs.py::test_readme_recipe_table_is_the_generated_one",
+    ("docs/backbones.md", "model_zoo.list_configs"): "test_the_model_zoo_block",
+    ("docs/backbones.md", "hieradet_kwargs("): "test_the_backbone_blocks_build_and_load",
+    ("docs/backbones.md", "apply_checkpoint_layout(model_cfg"): "test_the_backbone_blocks_build_and_load",
+    ("README.md", "add_hieradet_config"): "test_readme.py::test_backbone_snippet_builds_a_working_mask_rcnn[yacs]",
+    ("docs/backbones.md", "hivit_kwargs"): "test_the_backbone_blocks_build_and_load",
+    ("docs/pretraining.md", "mae_hiera_toy_shapes.py"): "test_the_toy_pretraining_block",
+    ("README.md", "tools/build_readme.py"): "test_readme.py::test_readme_is_assembled_from_its_sections",
 }
 
 
+def _is_ci_block(text: str) -> bool:
+    """True for a block of test-suite commands only: ``pytest`` on test files that exist, ``make`` targets that the
+    Makefile defines (CI runs them: ``make test``, ``make test-slow``, ``make lint``)."""
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    try:
+        commands = _commands(text)
+    except ValueError:  # not a list of one-line shell commands (e.g. a multi-line `python -c "..."`)
+        return False
+    for argv in commands:
+        if argv[:3] == [".venv/bin/python", "-m", "pytest"]:
+            files = [a.split("::")[0] for a in argv[3:] if a.startswith("tests/")]
+            if not files or not all(list(ROOT.glob(f)) for f in files):
+                return False
+        elif not (argv[0] == "make" and len(argv) == 2 and argv[1] in targets):
+            return False
+    return bool(commands)
+
+
 def test_every_block_is_run_here_or_says_what_it_needs():
-    unaccounted = []
-    for section, _, text in _blocks():
-        if text.lstrip().startswith("# needs:"):
+    unaccounted, blocks = [], _blocks()
+    assert {p for p, _, _ in blocks} >= {"README.md", "docs/install.md", "docs/training.md", "docs/dataset.md"}
+    for page, lang, text in blocks:
+        if text.lstrip().startswith("# needs:") or (lang == "bash" and _is_ci_block(text)):
             continue
-        if not any(s == section and key in text for s, key in RUN_HERE):
-            unaccounted.append(f"{section}: {text.splitlines()[0]!r}")
+        if not any(p == page and key in text for p, key in RUN_HERE):
+            unaccounted.append(f"{page}: {text.splitlines()[0]!r}")
     assert not unaccounted, "blocks neither run by this test nor marked '# needs: ...': " + "; ".join(unaccounted)
+
+
+def test_every_run_here_entry_names_one_block():
+    """A moved or edited block must not leave its entry pointing at nothing (the block would go unchecked)."""
+    for page, key in RUN_HERE:
+        _block(page, key)
+
+
+def test_blocks_shown_on_two_pages_are_the_same():
+    """The README's own-dataset command and six-line backbone snippet are also on their docs pages: the one run here
+    stands for both."""
+    assert _block("README.md", "--dataset mine_train") == _block("docs/dataset.md", "--dataset mine_train")
+    assert _block("README.md", "convert_state_dict") == _block("docs/detectron2_tools.md", "convert_state_dict")
+
+
+def test_measurement_logs_exist():
+    assert all((ROOT / p).is_file() for p in MEASUREMENT_LOGS)
 
 
 def _commands(block: str):
@@ -128,9 +174,9 @@ def _run(argv, cwd, timeout=900, shrink=None):
 def test_dataset_blocks_generate_and_train(scratch):
     """The generator block, then the own-dataset block (train + val sets, num_classes): 2 iterations and an
     evaluation of a shrunk HieraDet-B Mask R-CNN on 64 px images."""
-    for argv in _commands(_block("dataset", "tools/generate_dataset.py")):
+    for argv in _commands(_block("docs/dataset.md", "tools/generate_dataset.py")):
         _run(argv, scratch)
-    ((argv),) = _commands(_block("dataset", "--dataset mine_train"))
+    ((argv),) = _commands(_block("README.md", "--dataset mine_train"))
     proc = _run(argv, scratch)
     assert (scratch / "output" / "mine" / "model_final.pth").is_file()
     out = proc.stdout + proc.stderr
@@ -154,7 +200,7 @@ def test_the_backbone_snippet_gives_sam2s_trunk(scratch, monkeypatch):
     state = {"model": {"image_encoder.trunk." + k: v for k, v in trunk.state_dict().items()}}
     torch.save(state, scratch / "sam2.1_hiera_tiny.pt")  # a random file in the published format
     monkeypatch.chdir(scratch)
-    snippet = _block("detectron2tools", "convert_state_dict")
+    snippet = _block("README.md", "convert_state_dict")
     assert len(snippet.strip().splitlines()) == 6
     scope = {}
     with torch.no_grad():
@@ -179,7 +225,7 @@ def test_the_soft_nms_and_tta_fragment_in_a_config(tmp_path):
     own = tmp_path / "my_config.py"
     own.write_text(
         "from hieradet.model_zoo import get_config\n\n"
-        "model = get_config('COCO/mask_rcnn_hieradet_b_100ep.py').model\n" + _block("configs", "use_soft_nms")
+        "model = get_config('COCO/mask_rcnn_hieradet_b_100ep.py').model\n" + _block("docs/recipes.md", "use_soft_nms")
     )
     model = LazyConfig.load(str(own)).model
     assert model._target_ is GeneralizedRCNNTTA and model.flip and model.max_size == 1920
@@ -188,7 +234,7 @@ def test_the_soft_nms_and_tta_fragment_in_a_config(tmp_path):
 
 
 def test_the_model_zoo_block():
-    scope = _exec(_block("backbones", "model_zoo.list_configs"), {})
+    scope = _exec(_block("docs/backbones.md", "model_zoo.list_configs"), {})
     assert scope["cfg"].model.backbone.bottom_up.embed_dim == 96 and os.path.isfile(scope["path"])
     assert "HiViT/COCO/mask_rcnn_hivit_b_3x.py" in scope["names"] and os.path.isfile(scope["path"])
 
@@ -208,31 +254,43 @@ def test_the_backbone_blocks_build_and_load(tmp_path, monkeypatch):
         official.pos_embed.normal_(std=0.02)
     torch.save({"model_state": official.state_dict()}, tmp_path / "hiera_base_224.pth")
     monkeypatch.chdir(tmp_path)
-    scope = _exec(_block("backbones", "hieradet_kwargs("), {})
+    scope = _exec(_block("docs/backbones.md", "hieradet_kwargs("), {})
     assert isinstance(scope["model"].backbone.bottom_up, HieraDet)
-    _exec(_block("backbones", "apply_checkpoint_layout(model_cfg"), scope)
+    _exec(_block("docs/backbones.md", "apply_checkpoint_layout(model_cfg"), scope)
     bottom_up = scope["model"].backbone.bottom_up
     assert bottom_up.pos_embed.mode == "abswin" and bottom_up.pos_embed.window_embed.shape[-2:] == (56, 56)
     assert torch.equal(bottom_up.patch_embed.proj.weight, official.patch_embed.proj.weight)
-    scope = _exec(_block("hivit", "hivit_kwargs"), {})
+    scope = _exec(_block("docs/backbones.md", "hivit_kwargs"), {})
     assert isinstance(scope["backbone"], HiViT)
 
 
 @pytest.mark.slow
-def test_the_tools_demo_block_draws_predictions(scratch, monkeypatch, load_tool):
-    """The tools section's generated-data block with a tiny HieraDet-B model (random weights, as written)."""
+def test_the_predict_block_draws_predictions(scratch, monkeypatch, load_tool):
+    """The inference page's generated-data block with a tiny HieraDet-B model (random weights, as written)."""
     (scratch / "docs" / "images").mkdir(parents=True)
-    generate, demo = _commands(_block("tools", "generate_synthetic_dataset"))
+    generate, predict = _commands(_block("docs/inference.md", "generate_synthetic_dataset"))
     # in this process (two interpreter start-ups were most of the time): the -c code, then the tool's main
-    assert generate[:2] == [".venv/bin/python", "-c"] and demo[:2] == [".venv/bin/python", "tools/demo.py"]
+    assert generate[:2] == [".venv/bin/python", "-c"] and predict[:2] == [".venv/bin/python", "tools/predict.py"]
     monkeypatch.chdir(scratch)
-    exec(compile(generate[2], "README -c", "exec"), {})
-    shown = load_tool("demo").main(demo[2:] + TINY_MODEL)
+    exec(compile(generate[2], "docs -c", "exec"), {})
+    shown = load_tool("predict").main(predict[2:] + TINY_MODEL)
     assert len(shown) == 2 and len(list((scratch / "docs" / "images" / "tools_demo").iterdir())) == 2
 
 
 @pytest.mark.slow
+def test_the_input_guard_timing_block():
+    """The recipes page's timing of the input guard runs as written and prints one line per dtype."""
+    # one multi-line `python -c "..."` command (the code has no double quotes of its own)
+    code = re.fullmatch(r'\.venv/bin/python -c "\n(.*)\n"\n', _block("docs/recipes.md", "check_finite_inputs"), re.S)
+    assert code and '"' not in code.group(1)
+    proc = _run([".venv/bin/python", "-c", code.group(1)], ROOT, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["torch.uint8", "torch.float32"]
+    assert all(line.endswith("ms per batch of 2") for line in lines)
+
+
+@pytest.mark.slow
 def test_the_toy_pretraining_block(scratch):
-    ((argv),) = _commands(_block("pretraining", "mae_hiera_toy_shapes.py"))
+    ((argv),) = _commands(_block("docs/pretraining.md", "mae_hiera_toy_shapes.py"))
     _run(argv, scratch)
     assert (scratch / "output" / "mae_hiera_toy_shapes" / "hieradet_backbone_final.pth").is_file()

@@ -17,21 +17,61 @@ def _without_code(text: str) -> str:
     return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
 
 
-def test_every_relative_link_and_image_in_readme_resolves():
+def _anchors(page: Path) -> set:
+    """GitHub's anchors of a markdown page's headings (``-1``, ``-2`` for repeated ones)."""
+    builder, seen, out = _builder(), {}, set()
+    for heading in re.findall(r"^#{1,6} (.+)$", _without_code(page.read_text()), flags=re.M):
+        slug = builder.anchor(heading)
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def _broken_links(page: Path, root: Path = ROOT) -> list:
+    """The relative links and images of ``page`` whose file (inside ``root``), or whose heading in that file, does
+    not exist."""
     builder = _builder()
-    text = _without_code((ROOT / "README.md").read_text())
+    text = _without_code(page.read_text())
     targets = re.findall(r"!?\[[^\]\n]*\]\(([^)\s]+)", text) + re.findall(r"(?:src|href)=\"([^\"]+)\"", text)
-    anchors = {builder.anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
-    relative = [t for t in targets if builder.is_relative_link(t) or t.startswith("#")]
-    assert any(t.startswith("docs/images/") for t in relative), "the README shows the demo's pictures"
     broken = []
-    for target in relative:
+    for target in targets:
+        if not (builder.is_relative_link(target) or target.startswith("#")):
+            continue
         path, _, frag = target.partition("#")
-        if path and not (ROOT / path).exists():
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists() or not dest.is_relative_to(root.resolve()):
             broken.append(target)
-        elif not path and frag not in anchors:
-            broken.append(target)  # an in-page link to a heading that does not exist
+        elif frag and dest.suffix == ".md" and frag not in _anchors(dest):
+            broken.append(target)  # a link to a heading that does not exist
+    return broken
+
+
+def test_every_relative_link_and_image_in_readme_resolves():
+    text = (ROOT / "README.md").read_text()
+    assert "](docs/images/" in _without_code(text), "the README shows the demo's pictures"
+    broken = _broken_links(ROOT / "README.md")
     assert not broken, f"README.md links to missing files or headings: {broken}"
+
+
+def test_every_relative_link_of_the_docs_pages_resolves():
+    """Every page in docs/ (and the projects' READMEs), with anchors checked against the linked page's headings."""
+    pages = sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "projects").glob("*/README.md"))
+    assert len(pages) > 10
+    broken = {p.relative_to(ROOT).as_posix(): b for p in pages if (b := _broken_links(p))}
+    assert not broken, f"links to missing files or headings: {broken}"
+
+
+def test_the_link_check_finds_broken_anchors_and_files(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "b.md").write_text("# B page\n\n## Part `x`\n\n## Part `x`\n")
+    page = tmp_path / "docs" / "a.md"
+    page.write_text(
+        "# A\n[ok](#a) [no](#nope) [gone](nowhere.md) [part](b.md#part-x-1) [bad part](b.md#part-y) [out](../../x.md)\n"
+        "```bash\n[in code](#ignored)\n```\n"
+    )
+    (tmp_path.parent / "x.md").write_text("outside the checkout")
+    assert _broken_links(page, tmp_path) == ["#nope", "nowhere.md", "b.md#part-y", "../../x.md"]
 
 
 def test_builder_rewrites_section_paths_relative_to_the_root(tmp_path):

@@ -8,7 +8,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.structures import pairwise_iou
 from PIL import Image
-from test_tools_demo import val_images, write_tiny_config
+from test_predict import val_images, write_tiny_config
 
 from hieradet.modeling.tta import GeneralizedRCNNTTA
 

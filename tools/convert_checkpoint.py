@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     module = "model." + prefix.rstrip(".") if prefix else "<backbone>"
     print(f"train with: train.init_checkpoint={args.output}")
     print(
-        "layout recorded in the file (tools/lazyconfig_train_net.py, --eval-only and tools/demo.py set it on the "
+        "layout recorded in the file (tools/lazyconfig_train_net.py, --eval-only and tools/predict.py set it on the "
         "config; in your own code call hieradet.checkpoint.apply_checkpoint_layout(cfg, path) before building):"
     )
     for line in config_overrides(out[METADATA_KEY]["layout"], module):

@@ -3,8 +3,8 @@
 projects/*/configs), read from the configs themselves, as a markdown table (hieradet.solver.recipe_table).
 
     python tools/recipe_table.py                      # print the table
-    python tools/recipe_table.py --write docs/readme/configs.md   # replace the table between its markers
-    python tools/recipe_table.py --check docs/readme/configs.md   # fail if that table is out of date
+    python tools/recipe_table.py --write docs/recipes.md   # replace the table between its markers
+    python tools/recipe_table.py --check docs/recipes.md   # fail if that table is out of date
 """
 
 import argparse

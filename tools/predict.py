@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run a LazyConfig detector on images and write pictures of its detections.
 
-detectron2's own ``demo/demo.py`` only reads yacs configs. This one takes any LazyConfig that defines
-``model`` (e.g. ``configs/COCO/mask_rcnn_hieradet_b_100ep.py``), optional weights, and image files or
+Our counterpart of detectron2's ``demo/demo.py``, which only reads yacs configs: this one takes any LazyConfig that
+defines ``model`` (e.g. ``configs/COCO/mask_rcnn_hieradet_b_100ep.py``), optional weights, and image files or
 folders; it resizes each image like the config's test loader (``dataloader.test.mapper.augmentations``,
 otherwise the short edge to 800), draws boxes, masks, labels and scores with detectron2's
 ``Visualizer`` and writes one PNG per image. It runs on the CPU unless ``--device cuda`` is given.
@@ -12,8 +12,8 @@ layout they record (:func:`hieradet.checkpoint.apply_checkpoint_layout`) and loa
 
 Example::
 
-    python tools/demo.py --config-file configs/COCO/mask_rcnn_hieradet_b_100ep.py \\
-        --checkpoint model_final.pth --input photos/ street.jpg --output output/demo_vis \\
+    python tools/predict.py --config-file configs/COCO/mask_rcnn_hieradet_b_100ep.py \\
+        --checkpoint model_final.pth --input photos/ street.jpg --output output/vis \\
         --confidence-threshold 0.5
 """
 
@@ -30,14 +30,14 @@ import torch
 
 from hieradet.engine.predictor import LazyPredictor
 
-__all__ = ["IMAGE_EXTENSIONS", "DemoError", "LazyPredictor", "collect_images", "read_image", "main"]
+__all__ = ["IMAGE_EXTENSIONS", "PredictError", "LazyPredictor", "collect_images", "read_image", "main"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-logger = logging.getLogger("hieradet.demo")
+logger = logging.getLogger("hieradet.predict")
 
 
-class DemoError(RuntimeError):
-    """A bad input of the demo (config, checkpoint, image) with a message that names it."""
+class PredictError(RuntimeError):
+    """A bad input of the tool (config, checkpoint, image) with a message that names it."""
 
 
 def collect_images(inputs: Sequence[str]) -> List[str]:
@@ -51,33 +51,33 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
                 if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f))
             )
             if not found:
-                raise DemoError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise PredictError(f"folder {item} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths.extend(found)
         elif os.path.isfile(item):
             paths.append(item)
         else:
             matches = sorted(glob.glob(os.path.expanduser(item)))
             if not matches:
-                raise DemoError(f"input {item} not found (not a file, a folder or a matching glob pattern)")
+                raise PredictError(f"input {item} not found (not a file, a folder or a matching glob pattern)")
             paths.extend(m for m in matches if os.path.isfile(m))
     if not paths:
-        raise DemoError("no input images")
+        raise PredictError("no input images")
     return paths
 
 
 def read_image(path: str, fmt: str = "BGR") -> np.ndarray:
-    """Reads an image (EXIF orientation applied) as HWC uint8 in ``fmt``; a :class:`DemoError` names
+    """Reads an image (EXIF orientation applied) as HWC uint8 in ``fmt``; a :class:`PredictError` names
     files that are empty, not images, or truncated."""
     from detectron2.data.detection_utils import read_image as d2_read_image
 
     if os.path.getsize(path) == 0:
-        raise DemoError(f"cannot read image {path}: the file is empty")
+        raise PredictError(f"cannot read image {path}: the file is empty")
     try:
         image = d2_read_image(path, format=fmt)
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), ValueError, ...
-        raise DemoError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        raise PredictError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise DemoError(f"cannot read image {path}: decoded to an array of shape {image.shape}")
+        raise PredictError(f"cannot read image {path}: decoded to an array of shape {image.shape}")
     return image
 
 
@@ -91,7 +91,7 @@ def _metadata(cfg, name: Optional[str]):
             names = None
         name = names if isinstance(names, str) or names is None else (list(names) or [None])[0]
     if name is None:
-        return MetadataCatalog.get("__hieradet_demo_unknown")
+        return MetadataCatalog.get("__hieradet_predict_unknown")
     if name.endswith(".json") and os.path.isfile(name):  # a COCO annotation file: its categories, in id order
         try:
             with open(name) as f:
@@ -101,7 +101,7 @@ def _metadata(cfg, name: Optional[str]):
         categories = (data.get("categories") if isinstance(data, dict) else None) or []
         if not categories:
             raise ValueError(f"--metadata {name}: the file has no COCO 'categories'")
-        meta = MetadataCatalog.get(f"__hieradet_demo_{os.path.abspath(name)}")
+        meta = MetadataCatalog.get(f"__hieradet_predict_{os.path.abspath(name)}")
         if not meta.get("thing_classes"):
             meta.set(thing_classes=[c["name"] for c in sorted(categories, key=lambda c: c["id"])])
         return meta
@@ -161,25 +161,25 @@ def run(args) -> List[dict]:
     try:
         config_file = resolve_config_path(args.config_file)
     except FileNotFoundError:
-        raise DemoError(f"config file not found: {args.config_file} (neither a file nor a model_zoo name)") from None
+        raise PredictError(f"config file not found: {args.config_file} (neither a file nor a model_zoo name)") from None
     if not 0.0 <= args.confidence_threshold <= 1.0:
-        raise DemoError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
+        raise PredictError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise DemoError("--device cuda given but no CUDA device is available; use --device cpu")
+        raise PredictError("--device cuda given but no CUDA device is available; use --device cpu")
     images = collect_images(args.input)
     try:
         cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(args.opts or []))
     except Exception as e:
-        raise DemoError(f"cannot load config {args.config_file}: {type(e).__name__}: {e}") from e
+        raise PredictError(f"cannot load config {args.config_file}: {type(e).__name__}: {e}") from e
     if "model" not in cfg:
-        raise DemoError(f"the config {args.config_file} defines no `model`")
+        raise PredictError(f"the config {args.config_file} defines no `model`")
     torch.manual_seed(args.seed)
     try:
         predictor = LazyPredictor(cfg, args.checkpoint, args.device)
     except FileNotFoundError as e:
-        raise DemoError(str(e)) from e
+        raise PredictError(str(e)) from e
     except Exception as e:  # CheckpointError and detectron2's loading errors
-        raise DemoError(f"cannot load checkpoint {args.checkpoint or ''}: {type(e).__name__}: {e}") from e
+        raise PredictError(f"cannot load checkpoint {args.checkpoint or ''}: {type(e).__name__}: {e}") from e
     if args.tta and not predictor.tta:
         from hieradet.modeling.tta import GeneralizedRCNNTTA
 
@@ -194,7 +194,7 @@ def run(args) -> List[dict]:
     for path in images:
         try:
             image = read_image(path, "BGR")
-        except DemoError as e:
+        except PredictError as e:
             if not args.skip_unreadable:
                 raise
             logger.warning("skipping: %s", e)
@@ -220,8 +220,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except DemoError as e:
-        raise SystemExit(f"demo: {e}") from e
+    except PredictError as e:
+        raise SystemExit(f"predict: {e}") from e
 
 
 if __name__ == "__main__":

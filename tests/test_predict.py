@@ -1,4 +1,4 @@
-"""tools/demo.py on a tiny HieraDet Mask R-CNN (engineer B's model config, shrunk) and generated images."""
+"""tools/predict.py on a tiny HieraDet Mask R-CNN (engineer B's model config, shrunk) and generated images."""
 
 import json
 import os
@@ -63,8 +63,8 @@ def val_images(ds, n):
 
 
 @pytest.fixture(scope="module")
-def demo(load_tool):
-    return load_tool("demo")
+def predict(load_tool):
+    return load_tool("predict")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def tiny(tmp_path_factory, synthetic_coco):
     return cfg_path, os.path.join(str(folder), "tiny.pth"), model
 
 
-def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coco, tmp_path, monkeypatch):
+def test_predict_writes_pictures_of_the_models_detections(predict, tiny, synthetic_coco, tmp_path, monkeypatch):
     from detectron2.utils.visualizer import Visualizer
 
     cfg_path, ckpt, model = tiny
@@ -95,14 +95,14 @@ def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coc
         return draw_text(self, text, *args, **kwargs)
 
     monkeypatch.setattr(Visualizer, "draw_text", recording_draw_text)
-    results = demo.main(
+    results = predict.main(
         ["--config-file", cfg_path, "--checkpoint", ckpt, "--input", *images, "--output", str(out)]
         + ["--confidence-threshold", "0.0"]
     )
     monkeypatch.undo()
     assert [r["input"] for r in results] == images
     # the same images with nothing above the threshold: the difference is what was drawn
-    blank = demo.main(
+    blank = predict.main(
         ["--config-file", cfg_path, "--checkpoint", ckpt, "--input", *images, "--output", str(tmp_path / "blank")]
         + ["--confidence-threshold", "1.0"]
     )
@@ -113,7 +113,7 @@ def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coc
         assert vis.shape[:2] == undrawn.shape[:2] == src.shape[:2]
         assert len(r["instances"]) > 0 and len(b["instances"]) == 0
         assert np.abs(vis - undrawn).mean() > 1.0
-    # the demo's detections are the checkpoint's: same as running the saved model directly
+    # the tool's detections are the checkpoint's: same as running the saved model directly
     import detectron2.data.transforms as T
 
     model.eval()
@@ -140,7 +140,7 @@ def test_demo_writes_pictures_of_the_models_detections(demo, tiny, synthetic_coc
     assert sorted(drawn_text) == sorted(expected)
 
 
-def test_demo_folder_threshold_and_name_collisions(demo, tiny, synthetic_coco, tmp_path):
+def test_predict_folder_threshold_and_name_collisions(predict, tiny, synthetic_coco, tmp_path):
     cfg_path, ckpt, _ = tiny
     folder_a, folder_b = tmp_path / "a", tmp_path / "b"
     folder_a.mkdir()
@@ -149,7 +149,7 @@ def test_demo_folder_threshold_and_name_collisions(demo, tiny, synthetic_coco, t
     Image.open(src).save(folder_a / "x.png")
     Image.open(src).save(folder_b / "x.png")
     (folder_a / "notes.txt").write_text("not an image")
-    results = demo.main(
+    results = predict.main(
         ["--config-file", cfg_path, "--checkpoint", ckpt, "--input", str(folder_a), str(folder_b)]
         + ["--output", str(tmp_path / "out"), "--confidence-threshold", "1.0"]
     )
@@ -159,7 +159,7 @@ def test_demo_folder_threshold_and_name_collisions(demo, tiny, synthetic_coco, t
     assert [np.asarray(Image.open(r["output"])).shape[:2] for r in results] == [(128, 128)] * 2
 
 
-def test_demo_unreadable_images_are_named(demo, tiny, synthetic_coco, tmp_path):
+def test_predict_unreadable_images_are_named(predict, tiny, synthetic_coco, tmp_path):
     cfg_path, ckpt, _ = tiny
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
@@ -168,37 +168,37 @@ def test_demo_unreadable_images_are_named(demo, tiny, synthetic_coco, tmp_path):
     good = val_images(synthetic_coco, 1)
     base = ["--config-file", cfg_path, "--checkpoint", ckpt, "--output", str(tmp_path / "o")]
     with pytest.raises(SystemExit, match=r"cannot read image .*broken\.jpg"):
-        demo.main(base + ["--input", *good, str(broken)])
+        predict.main(base + ["--input", *good, str(broken)])
     with pytest.raises(SystemExit, match=r"cannot read image .*empty\.png: the file is empty"):
-        demo.main(base + ["--input", str(empty)])
-    results = demo.main(base + ["--input", str(broken), *good, "--skip-unreadable"])
+        predict.main(base + ["--input", str(empty)])
+    results = predict.main(base + ["--input", str(broken), *good, "--skip-unreadable"])
     assert [r["input"] for r in results] == good
 
 
-def test_demo_bad_arguments(demo, tiny, tmp_path):
+def test_predict_bad_arguments(predict, tiny, tmp_path):
     cfg_path, ckpt, _ = tiny
     img = tmp_path / "img.png"
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(img)
     out = ["--output", str(tmp_path / "o")]
     with pytest.raises(SystemExit, match="config file not found"):
-        demo.main(["--config-file", str(tmp_path / "nope.py"), "--input", str(img)] + out)
+        predict.main(["--config-file", str(tmp_path / "nope.py"), "--input", str(img)] + out)
     with pytest.raises(SystemExit, match="checkpoint not found"):
-        demo.main(["--config-file", cfg_path, "--checkpoint", str(tmp_path / "w.pth"), "--input", str(img)] + out)
+        predict.main(["--config-file", cfg_path, "--checkpoint", str(tmp_path / "w.pth"), "--input", str(img)] + out)
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(SystemExit, match="contains no images"):
-        demo.main(["--config-file", cfg_path, "--input", str(tmp_path / "empty_dir")] + out)
+        predict.main(["--config-file", cfg_path, "--input", str(tmp_path / "empty_dir")] + out)
     with pytest.raises(SystemExit, match="not found"):
-        demo.main(["--config-file", cfg_path, "--input", str(tmp_path / "missing*.jpg")] + out)
+        predict.main(["--config-file", cfg_path, "--input", str(tmp_path / "missing*.jpg")] + out)
     bad_ckpt = tmp_path / "bad.pth"
     bad_ckpt.write_bytes(b"garbage")
     with pytest.raises(SystemExit, match=r"cannot load checkpoint .*bad\.pth"):
-        demo.main(["--config-file", cfg_path, "--checkpoint", str(bad_ckpt), "--input", str(img)] + out)
+        predict.main(["--config-file", cfg_path, "--checkpoint", str(bad_ckpt), "--input", str(img)] + out)
 
 
-def test_demo_with_tta(demo, tiny, synthetic_coco, tmp_path):
+def test_predict_with_tta(predict, tiny, synthetic_coco, tmp_path):
     cfg_path, ckpt, _ = tiny
     image = val_images(synthetic_coco, 1)
-    results = demo.main(
+    results = predict.main(
         ["--config-file", cfg_path, "--checkpoint", ckpt, "--input", *image, "--output", str(tmp_path / "t")]
         + ["--tta", "--tta-sizes", "96", "128", "--confidence-threshold", "0.0"]
     )
@@ -208,17 +208,17 @@ def test_demo_with_tta(demo, tiny, synthetic_coco, tmp_path):
     assert os.path.isfile(results[0]["output"])
 
 
-def test_demo_class_names_from_a_coco_json(demo, tmp_path):
+def test_predict_class_names_from_a_coco_json(predict, tmp_path):
     """--metadata FILE.json: the class names of a COCO annotation file (in category-id order), e.g. the demo's own
     generated val json, whose dataset is registered only inside tools/demo_train.py's process."""
     ann = tmp_path / "val.json"
     ann.write_text(json.dumps({"categories": [{"id": 3, "name": "triangle"}, {"id": 1, "name": "circle"}]}))
-    assert demo._metadata(None, str(ann)).thing_classes == ["circle", "triangle"]
+    assert predict._metadata(None, str(ann)).thing_classes == ["circle", "triangle"]
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="no COCO 'categories'"):
-        demo._metadata(None, str(empty))
+        predict._metadata(None, str(empty))
     broken = tmp_path / "broken.json"
     broken.write_text('{"categories": [')
     with pytest.raises(ValueError, match="not valid json"):
-        demo._metadata(None, str(broken))
+        predict._metadata(None, str(broken))
