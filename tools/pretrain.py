@@ -7,7 +7,7 @@
     python tools/pretrain.py --config-file ... --resume                                   # continue a run
 
 Writes ``train.output_dir/hieradet_backbone_final.pth``, a detection ``train.init_checkpoint`` (see
-docs/readme/pretraining.md). DDP through detectron2's ``launch``; AMP on CUDA.
+docs/pretraining.md). DDP through detectron2's ``launch``; AMP on CUDA.
 """
 
 import logging
