@@ -5,6 +5,7 @@ it); ``do_train`` fails before iteration 0 when the evaluator cannot run."""
 
 import copy
 import itertools
+import json
 import os
 import sys
 import warnings
@@ -20,6 +21,7 @@ from detectron2.utils.events import EventStorage
 from hieradet.engine import do_train
 from hieradet.engine.guards import install_input_guard
 from hieradet.engine.hooks import DeterministicResumeHook
+from hieradet.engine.train_loop import _build_optimizer
 from hieradet.solver import AdamW, OutsideLoopWarning, clip_gradient_norm, hieradet_loop
 from hieradet.testing import make_tiny
 
@@ -112,7 +114,7 @@ def test_detectron2s_simple_trainer_clips_with_the_configs_optimizer():
     raw = _manual_step(cfg, manual)
     assert optimizer.last_grad_norm == pytest.approx(raw, rel=1e-4) and raw > 100 * CLIP
     assert _grad_norm(model) == pytest.approx(CLIP, rel=1e-4)  # the trainer's step clipped the gradients
-    assert optimizer.param_groups[0]["weight_decay"] in (0.0, 0.05)
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.05}  # no decay on norms, biases, pos-embeds
     _assert_same_weights(model, manual)
     assert any(not torch.equal(x, y) for x, y in zip(model.state_dict().values(), before.state_dict().values()))
     # the optimizer state is a plain AdamW's: it loads into torch's own
@@ -173,6 +175,9 @@ def test_our_loop_clips_once_and_steps_as_detectron2s_trainer(tmp_path, coco_rle
         warnings.simplefilter("error", OutsideLoopWarning)  # never inside our loop
         do_train(ours)
     final = torch.load(tmp_path / "ours" / "model_final.pth", weights_only=False)["model"]
+    with open(tmp_path / "ours" / "metrics.json") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    assert rows and all(row["grad_norm"] > CLIP for row in rows)  # logged, before clipping
 
     d2 = _tiny(names + [f"train.output_dir={tmp_path / 'd2'}"])
     model = instantiate(d2.model)
@@ -217,11 +222,9 @@ def test_the_warning_fires_once_outside_our_loop_and_names_what_is_lost(recwarn)
     assert not [w for w in recwarn if issubclass(w.category, OutsideLoopWarning)]
 
 
-def test_clip_settings_that_disagree_are_refused(tmp_path, coco_rle):
+def test_clip_settings_that_disagree_are_refused():
     cfg = _tiny(["train.clip_grad_norm=1.0", "optimizer.clip_grad_norm=2.0"])
     cfg.optimizer.params.model = instantiate(cfg.model)
-    from hieradet.engine.train_loop import _build_optimizer
-
     with pytest.raises(ValueError, match="disagree; set only train.clip_grad_norm"):
         _build_optimizer(cfg)
     cfg = _tiny(["train.clip_grad_norm=0"])  # 0: off, as before
