@@ -18,7 +18,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from hieradet.engine import do_train
+from hieradet.engine import check_evaluator, do_train
 from hieradet.engine.guards import install_input_guard
 from hieradet.engine.hooks import DeterministicResumeHook
 from hieradet.engine.train_loop import _build_optimizer
@@ -268,3 +268,11 @@ def test_an_unregistered_evaluator_dataset_fails_before_iteration_0(tmp_path, co
     monkeypatch.setattr("hieradet.engine.train_loop.build_model", lambda cfg: pytest.fail("built the model"))
     with pytest.raises(KeyError, match="'no_such_val' is not registered"):
         do_train(cfg)
+
+
+def test_an_lvis_evaluator_needs_the_lvis_package_whatever_its_backend(monkeypatch):
+    cfg = LazyConfig.load("configs/LVIS/mask_rcnn_hieradet_b_100ep.py")
+    assert cfg.dataloader.evaluator.get("backend", "faster") == "faster"
+    monkeypatch.setitem(sys.modules, "lvis", None)
+    with pytest.raises(ImportError, match=r"needs the `lvis` package to read the LVIS ground truth.*--no-deps lvis"):
+        check_evaluator(cfg)

@@ -174,17 +174,18 @@ def _build_optimizer(cfg) -> torch.optim.Optimizer:
     return optimizer
 
 
-_EVAL_BACKEND_MODULES = {
+_EVAL_PACKAGES = {
     # backend -> (module to import, how to install it)
-    "faster": ("faster_coco_eval", "pip install 'faster-coco-eval>=1.6'"),
-    "pycocotools": ("pycocotools", "pip install pycocotools"),
-    "lvis": ("lvis", "pip install 'hieradet[lvis]' (or pip install lvis)"),
-}
+    "faster": ("faster_coco_eval", "a requirement of hieradet (was it installed with --no-deps?): "
+               "pip install 'faster-coco-eval>=1.6'"),
+    "pycocotools": ("pycocotools", "a requirement of hieradet: pip install pycocotools"),
+    "lvis": ("lvis", "hieradet's lvis extra: pip install --no-deps lvis==0.5.3 (without its opencv-python pin)"),
+}  # fmt: skip
 
 
 def check_evaluator(cfg) -> None:
     """Fails at start-up, not at the first evaluation hours later, when ``cfg.dataloader.evaluator`` cannot run:
-    its scoring package (``faster-coco-eval`` for the default backend, ``pycocotools``, or ``lvis`` for an LVIS
+    its scoring package (``faster-coco-eval`` for the default backend, ``pycocotools``, and ``lvis`` for an LVIS
     evaluator) is not installed, or its dataset is not registered or lacks its files. Does nothing when the config
     has no evaluator."""
     evaluator = cfg.dataloader.get("evaluator", None) if "dataloader" in cfg else None
@@ -194,23 +195,22 @@ def check_evaluator(cfg) -> None:
     if isinstance(target, str):
         target = locate(target)
     name = getattr(target, "__name__", "")
-    needed = []
+    needed = {}  # package -> why
     if name in ("COCOEvaluator", "LVISEvaluator"):
         backend = evaluator.get("backend", "faster" if target.__module__.startswith("hieradet.") else "pycocotools")
-        needed.append(backend)
+        needed[backend] = f"for its backend {backend!r}"
         if name == "LVISEvaluator":
-            needed.append("lvis")  # detectron2's LVIS evaluator reads the ground truth with the lvis package
-    for backend in dict.fromkeys(needed):
-        if backend not in _EVAL_BACKEND_MODULES:
+            needed.setdefault("lvis", "to read the LVIS ground truth")
+    for package, why in needed.items():
+        if package not in _EVAL_PACKAGES:
             continue  # an unknown backend: the evaluator's own check names the choices
-        module, install = _EVAL_BACKEND_MODULES[backend]
+        module, install = _EVAL_PACKAGES[package]
         try:
             importlib.import_module(module)
         except ImportError as e:
             raise ImportError(
-                f"the config's evaluator ({name}, backend {backend!r}) needs the `{module}` package, which is not "
-                f"installed (was hieradet installed with --no-deps?): {install}. Checked before training, so the "
-                "run does not fail at its first evaluation."
+                f"the config's evaluator ({name}) needs the `{module}` package {why}, which is not installed; it "
+                f"is {install}. Checked before training, so the run does not fail at its first evaluation."
             ) from e
     names = config_dataset_names(cfg, splits=("test",))
     dataset = evaluator.get("dataset_name", None)
