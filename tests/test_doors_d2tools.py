@@ -20,6 +20,7 @@ from hieradet.checkpoint import (
     build_converted_checkpoint,
     convert_state_dict,
 )
+from hieradet.solver import OutsideLoopWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 # a user config derived from the stock one, shrunk for a CPU (make_tiny: a 8-wide HieraDet with stages 1-1-2-1)
@@ -82,7 +83,9 @@ def test_detectron2s_own_loop_trains_our_exact_model_and_our_tool_scores_its_fil
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
-    optim = instantiate(cfg.optimizer)
+    with pytest.warns(OutsideLoopWarning, match="install_input_guard") as record:  # what only our loop does, once
+        optim = instantiate(cfg.optimizer)
+    assert len([w for w in record if w.category is OutsideLoopWarning]) == 1
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, instantiate(cfg.dataloader.train), optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(

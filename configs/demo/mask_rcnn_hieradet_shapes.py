@@ -12,7 +12,6 @@ with :mod:`hieradet.engine`::
     python tools/demo_train.py --output-dir output/demo
 """
 
-import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     DatasetMapper,
@@ -26,7 +25,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 from hieradet.evaluation import COCOEvaluator
 from hieradet.modeling import hieradet_kwargs
-from hieradet.solver import get_optimizer_params
+from hieradet.solver import SGD, get_optimizer_params
 
 from ..common.models.mask_rcnn_hieradet import model
 from ..common.train import train
@@ -105,11 +104,23 @@ dataloader = dict(
 # ended at box AP 52 with one CPU thread and 15.5 with two: a loss spike right after the warm-up (grad norm 14 at
 # iteration 60) derailed the two-thread run; see docs/demo_tuning.md. (AdamW at lr 1e-3 diverged here: the
 # classification loss rose above its initial value within 20 iterations; so did SGD at 0.02 without FPN norm.)
-optimizer = L(torch.optim.SGD)(
-    params=L(get_optimizer_params)(base_lr="${..lr}", weight_decay_norm=0.0, weight_decay_bias=0.0),
+# (hieradet.solver.SGD: torch's SGD that clips in its own step, so any detectron2 loop clips as do_train does)
+optimizer = L(SGD)(
+    params=L(get_optimizer_params)(
+        base_lr="${..lr}",
+        weight_decay_norm=0.0,
+        weight_decay_bias=0.0,
+        # built outside hieradet.engine.do_train: one warning names what only that loop applies
+        loop_settings=dict(
+            total_batch_size="${oc.select:train.total_batch_size,null}",
+            loader_batch_size="${oc.select:dataloader.train.total_batch_size,null}",
+            seed="${oc.select:train.seed,null}",
+        ),
+    ),
     lr=0.02,
     momentum=0.9,
     weight_decay=1e-4,
+    clip_grad_norm="${oc.select:train.clip_grad_norm,null}",
 )
 train.max_iter = 500
 train.device = "cpu"
@@ -120,7 +131,7 @@ train.log_period = 20
 train.checkpointer = dict(period=100000, max_to_keep=1)
 train.output_dir = "output/demo/train"
 train.seed = 0
-train.clip_grad_norm = 5.0  # hieradet.engine.do_train clips the total gradient norm (and logs it as grad_norm)
+train.clip_grad_norm = 5.0  # the optimizer clips the total gradient norm (do_train logs it as grad_norm)
 # a ParamScheduler: detectron2's LRScheduler hook stretches it over train.max_iter
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.02),

@@ -3,11 +3,12 @@
 
 from .datasets import check_datasets, config_dataset_names, register_json_dataset
 from .fed_loss import FedLossClassWeights
-from .train_loop import do_test, do_train
+from .train_loop import check_evaluator, do_test, do_train
 
 __all__ = [
     "FedLossClassWeights",
     "check_datasets",
+    "check_evaluator",
     "config_dataset_names",
     "do_test",
     "do_train",

@@ -7,6 +7,12 @@ A config provides ``model``, ``optimizer`` (whose ``params.model`` is filled in 
 
 Besides detectron2's loop, ``do_train``:
 
+* clips the gradient norm at ``train.clip_grad_norm`` (the configs' optimizer does it in its own ``step()``, so
+  detectron2's loops clip too; other optimizers are wrapped here) and logs it as ``grad_norm``;
+* checks at start-up that the evaluator's scoring package is installed and its dataset registered
+  (:func:`check_evaluator`), instead of failing at the first evaluation;
+* builds the config inside :func:`hieradet.solver.loop.hieradet_loop`: the configs warn once
+  (:class:`hieradet.solver.loop.OutsideLoopWarning`) when another loop builds them, naming what it does not apply;
 * trains a box-only model when the training datasets have no masks (:func:`hieradet.engine.box_only.auto_box_only`);
 * checks every input batch (:func:`hieradet.engine.guards.install_input_guard`): a NaN/inf image stops the
   run naming the iteration and file, an image larger than the backbone's ``square_pad`` is rejected;
@@ -22,6 +28,7 @@ Besides detectron2's loop, ``do_train``:
   checkpoint in ``train.output_dir``, whose recorded layout wins.
 """
 
+import importlib
 import logging
 import os
 from typing import Dict, Optional
@@ -39,12 +46,13 @@ from hieradet.data.samplers import find_sampler
 from hieradet.engine.box_only import auto_box_only
 from hieradet.engine.guards import install_input_guard
 from hieradet.solver.clip import clip_gradient_norm
+from hieradet.solver.loop import hieradet_loop
 from hieradet.solver.recipes import apply_total_batch_size
 
 from .datasets import check_datasets, config_dataset_names
 from .hooks import DeterministicResumeHook, PreemptionHook, default_writers
 
-__all__ = ["build_model", "checkpoint_for_layout", "do_test", "do_train", "load_for_eval"]
+__all__ = ["build_model", "check_evaluator", "checkpoint_for_layout", "do_test", "do_train", "load_for_eval"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +156,69 @@ def do_test(cfg, model) -> Dict[str, Dict[str, float]]:
     return results or {}
 
 
+def _build_optimizer(cfg) -> torch.optim.Optimizer:
+    """``instantiate(cfg.optimizer)``, clipping the gradient norm at ``train.clip_grad_norm`` (None or 0: off). The
+    configs' optimizers (:class:`hieradet.solver.AdamW` / :class:`~hieradet.solver.SGD`) read that setting and clip
+    in their own ``step()``; other optimizers are wrapped here (:func:`hieradet.solver.clip_gradient_norm`), once."""
+    optimizer = instantiate(cfg.optimizer)
+    clip = cfg.train.get("clip_grad_norm", None)
+    clips_at = getattr(optimizer, "_hieradet_clip", None)
+    if clips_at is not None:
+        if clip and float(clip) != clips_at:
+            raise ValueError(
+                f"optimizer.clip_grad_norm={clips_at} and train.clip_grad_norm={clip} disagree; set only "
+                "train.clip_grad_norm (the configs' optimizer reads it)"
+            )
+    elif clip:
+        optimizer = clip_gradient_norm(optimizer, clip)
+    return optimizer
+
+
+_EVAL_PACKAGES = {
+    # backend -> (module to import, how to install it)
+    "faster": ("faster_coco_eval", "a requirement of hieradet (was it installed with --no-deps?): "
+               "pip install 'faster-coco-eval>=1.6'"),
+    "pycocotools": ("pycocotools", "a requirement of hieradet: pip install pycocotools"),
+    "lvis": ("lvis", "hieradet's lvis extra: pip install --no-deps lvis==0.5.3 (without its opencv-python pin)"),
+}  # fmt: skip
+
+
+def check_evaluator(cfg) -> None:
+    """Fails at start-up, not at the first evaluation hours later, when ``cfg.dataloader.evaluator`` cannot run:
+    its scoring package (``faster-coco-eval`` for the default backend, ``pycocotools``, and ``lvis`` for an LVIS
+    evaluator) is not installed, or its dataset is not registered or lacks its files. Does nothing when the config
+    has no evaluator."""
+    evaluator = cfg.dataloader.get("evaluator", None) if "dataloader" in cfg else None
+    if evaluator is None or not hasattr(evaluator, "get"):
+        return
+    target = evaluator.get("_target_")
+    if isinstance(target, str):
+        target = locate(target)
+    name = getattr(target, "__name__", "")
+    needed = {}  # package -> why
+    if name in ("COCOEvaluator", "LVISEvaluator"):
+        backend = evaluator.get("backend", "faster" if target.__module__.startswith("hieradet.") else "pycocotools")
+        needed[backend] = f"for its backend {backend!r}"
+        if name == "LVISEvaluator":
+            needed.setdefault("lvis", "to read the LVIS ground truth")
+    for package, why in needed.items():
+        if package not in _EVAL_PACKAGES:
+            continue  # an unknown backend: the evaluator's own check names the choices
+        module, install = _EVAL_PACKAGES[package]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(
+                f"the config's evaluator ({name}) needs the `{module}` package {why}, which is not installed; it "
+                f"is {install}. Checked before training, so the run does not fail at its first evaluation."
+            ) from e
+    names = config_dataset_names(cfg, splits=("test",))
+    dataset = evaluator.get("dataset_name", None)
+    if isinstance(dataset, str) and dataset not in names:
+        names.append(dataset)
+    check_datasets(names)
+
+
 def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, float]]:
     """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations (evaluating every ``eval_period``).
 
@@ -161,6 +232,11 @@ def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, 
     Returns:
         The results of the last evaluation (``{}`` if none ran).
     """
+    with hieradet_loop():  # the configs' check for settings only this loop applies stays silent
+        return _do_train(cfg, resume, preemption)
+
+
+def _do_train(cfg, resume: bool, preemption) -> Dict[str, Dict[str, float]]:
     missing = [k for k in _REQUIRED_TRAIN_KEYS if k not in cfg.train]
     if missing:
         raise KeyError(f"config `train` lacks {missing}; start from detectron2's common/train.py")
@@ -169,6 +245,7 @@ def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, 
         raise ValueError(f"train.max_iter must be positive, got {cfg.train.max_iter}")
     _check_trainable(cfg)
     check_datasets(config_dataset_names(cfg))
+    check_evaluator(cfg)  # its package and dataset, now rather than at the first evaluation
     _apply_layout(cfg, checkpoint_for_layout(cfg, resume))
     _auto_box_only(cfg)
     model = build_model(cfg)
@@ -179,10 +256,7 @@ def do_train(cfg, resume: bool = False, preemption=None) -> Dict[str, Dict[str, 
     # --- end train.compile
 
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    clip = cfg.train.get("clip_grad_norm", None)  # optional: clip the total gradient norm (None or 0: off)
-    if clip:
-        optimizer = clip_gradient_norm(optimizer, float(clip))
+    optimizer = _build_optimizer(cfg)
     train_loader = instantiate(cfg.dataloader.train)
 
     model = _wrap_ddp(cfg, model, **cfg.train.ddp)

@@ -20,6 +20,7 @@ from detectron2.layers.batch_norm import LayerNorm as D2LayerNorm
 from detectron2.solver.build import reduce_param_groups
 from torch import nn
 
+from .loop import warn_outside_loop
 from .lr_decay import layer_decay_rate
 
 __all__ = [
@@ -75,6 +76,7 @@ def get_optimizer_params(
     lr_decay_rate: float = 1.0,
     num_blocks: Optional[int] = None,
     overrides: Optional[Dict[str, Dict[str, float]]] = None,
+    loop_settings: Optional[Dict[str, Any]] = None,
 ) -> List[Dict[str, Any]]:
     """Parameter groups for a ``torch.optim`` optimizer.
 
@@ -93,7 +95,14 @@ def get_optimizer_params(
         lr_decay_rate (float): layer-wise lr decay; 1.0 disables it.
         num_blocks (int or None): backbone depth for the decay; ``None`` reads the backbone's ``num_blocks``.
         overrides (dict): ``{local_param_name: {"lr": ..., "weight_decay": ...}}`` applied last.
+        loop_settings (dict or None): the config's settings that only ``hieradet.engine.do_train`` applies
+            (``total_batch_size``, ``loader_batch_size``, ``seed``; the configs interpolate them from ``train`` and
+            ``dataloader.train``); when given and this is built outside ``do_train``, one
+            :class:`hieradet.solver.loop.OutsideLoopWarning` names what that loop does not apply
+            (:func:`hieradet.solver.loop.warn_outside_loop`).
     """
+    if loop_settings is not None:
+        warn_outside_loop(model=model, **dict(loop_settings))
     if lr_decay_rate <= 0 or lr_decay_rate > 1:
         raise ValueError(f"lr_decay_rate must be in (0, 1], got {lr_decay_rate}")
     if lr_decay_rate != 1.0:
