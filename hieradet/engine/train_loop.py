@@ -19,7 +19,7 @@ Besides detectron2's loop, ``do_train``:
 * with ``train.seed`` set and a :class:`hieradet.data.ResumableTrainingSampler` in the train loader, registers
   :class:`hieradet.engine.hooks.DeterministicResumeHook`, so ``--resume`` continues the data stream (with the
   configs' :class:`hieradet.data.ResumableTrainLoader`, exactly as the uninterrupted run; see
-  ``docs/readme/resume.md``);
+  ``docs/training.md``);
 * writes checkpoints, ``last_checkpoint`` and ``metrics.json`` lines atomically (:mod:`hieradet.checkpoint.atomic`);
 * wraps the model in DDP without ``device_ids`` on the CPU (gloo), which detectron2's
   ``create_ddp_model`` would set to the local rank;
