@@ -32,6 +32,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
+from .modeling.family import get_family
 from .modeling.hieradet import HieraDet, hieradet_kwargs
 from .modeling.hivit import HiViT, hivit_kwargs
 from .modeling.vit import ViT, vit_kwargs
@@ -205,20 +206,12 @@ def _built_values(family: str, c: CN) -> Dict[str, Any]:
         if c.GLOBAL_BLOCKS:
             kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
         kw.update(pos_embed=c.POS_EMBED, window_size=c.WINDOW_SIZE, out_norm=c.OUT_NORM, img_size=c.IMG_SIZE)
-    cls = {"hieradet": HieraDet, "vitdet": ViT, "hivit": HiViT}[family]
+    fam = get_family(_ARCH[family])
     import inspect
 
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    defaults = {k: p.default for k, p in inspect.signature(fam.cls.__init__).parameters.items()}
     values = dict(defaults, **kw)
-    if values.get("global_blocks") is None and family == "hieradet":
-        from .modeling.hieradet import default_global_blocks
-
-        values["global_blocks"] = default_global_blocks(tuple(values["stages"]))
-    if values.get("global_blocks") is None and family == "hivit":
-        from .modeling.hivit import default_hivit_global_blocks
-
-        depth = tuple(values["depths"])[2]
-        values["global_blocks"] = default_hivit_global_blocks(depth, min(4, depth))
+    values["global_blocks"] = fam.resolve_global_blocks(values)
     return values
 
 
