@@ -24,6 +24,7 @@ LazyConfigs use (``hieradet.solver.HIERADET_RECIPES`` / ``VITDET_RECIPES``: Boly
 """
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
@@ -32,6 +33,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
+from .modeling.family import get_family
 from .modeling.hieradet import HieraDet, hieradet_kwargs
 from .modeling.hivit import HiViT, hivit_kwargs
 from .modeling.vit import ViT, vit_kwargs
@@ -89,12 +91,10 @@ def add_hieradet_config(cfg: CN) -> None:
 
 
 def _family(cfg: CN) -> str:
-    name = cfg.MODEL.BACKBONE.NAME
-    if name in ("build_hieradet_backbone", "build_hieradet_fpn_backbone"):
-        return "hieradet"
-    if name == "build_vitdet_backbone":
-        return "vitdet"
-    raise ValueError(f"MODEL.BACKBONE.NAME={name!r} is not one of hieradet's backbones")
+    family = _yacs_family(cfg)
+    if family in ("hieradet", "vitdet"):  # the families with a recipe table
+        return family
+    raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} is not one of hieradet's backbones")
 
 
 def recipe_from_cfg(cfg: CN, family: str = None) -> dict:
@@ -139,46 +139,56 @@ def build_recipe_optimizer(cfg: CN, model):
 # ---------------------------------------------------------------------------------------------------------------
 # the layout of MODEL.WEIGHTS
 
-# layout field -> (yacs key, to yacs value); a field without a key must already agree with what the size builds
-_YACS_LAYOUT = {
-    "hieradet": {
-        "pretrain_img_size": "PRETRAIN_IMG_SIZE",
-        "pos_embed": "POS_EMBED",
-        "pos_embed_window": "POS_EMBED_WINDOW",
-        "pos_embed_global": "POS_EMBED_GLOBAL",
-        "pos_embed_antialias": "POS_EMBED_ANTIALIAS",
-        "window_size": "WINDOW_SIZE",
-        "global_blocks": "GLOBAL_BLOCKS",
-        "expand_proj": "EXPAND_PROJ",
-        "img_size": "IMG_SIZE",
-    },
-    "vitdet": {
-        "pretrain_img_size": "PRETRAIN_IMG_SIZE",
-        "pos_embed": "POS_EMBED",
-        "window_size": "WINDOW_SIZE",
-        "img_size": "IMG_SIZE",
-    },
-    "hivit": {
-        "pos_embed": "POS_EMBED",
-        "window_size": "WINDOW_SIZE",
-        "global_blocks": "GLOBAL_BLOCKS",
-        "out_norm": "OUT_NORM",
-        "img_size": "IMG_SIZE",
-    },
+
+@dataclass(frozen=True)
+class _YacsFamily:
+    """The yacs side of a backbone family: its ``MODEL.<node>`` keys, the builders that read them, and which layout
+    field each key sets (a field without a key must already agree with what the size builds)."""
+
+    arch: str  # the family (hieradet.modeling.family)
+    node: str  # cfg.MODEL.<node>
+    add_config: str  # the function that adds the node's keys
+    builders: Tuple[str, ...]  # BACKBONE_REGISTRY names that build it
+    layout_keys: Dict[str, str]  # layout field -> yacs key
+
+
+_COMMON_KEYS = dict(pos_embed="POS_EMBED", window_size="WINDOW_SIZE", img_size="IMG_SIZE")
+_YACS = {
+    "hieradet": _YacsFamily(
+        "HieraDet",
+        "HIERADET",
+        "add_hieradet_config",
+        ("build_hieradet_backbone", "build_hieradet_fpn_backbone"),
+        dict(
+            _COMMON_KEYS,
+            pretrain_img_size="PRETRAIN_IMG_SIZE",
+            pos_embed_window="POS_EMBED_WINDOW",
+            pos_embed_global="POS_EMBED_GLOBAL",
+            pos_embed_antialias="POS_EMBED_ANTIALIAS",
+            global_blocks="GLOBAL_BLOCKS",
+            expand_proj="EXPAND_PROJ",
+        ),
+    ),
+    "vitdet": _YacsFamily(
+        "ViT",
+        "VITDET",
+        "add_hieradet_config",
+        ("build_vitdet_backbone",),
+        dict(_COMMON_KEYS, pretrain_img_size="PRETRAIN_IMG_SIZE"),
+    ),
+    "hivit": _YacsFamily(
+        "HiViT",
+        "HIVIT",
+        "add_hivit_config",
+        ("build_hivit_backbone", "build_hivit_fpn_backbone"),
+        dict(_COMMON_KEYS, global_blocks="GLOBAL_BLOCKS", out_norm="OUT_NORM"),
+    ),
 }
-_ARCH = {"hieradet": "HieraDet", "vitdet": "ViT", "hivit": "HiViT"}
-_NODE = {"hieradet": "HIERADET", "vitdet": "VITDET", "hivit": "HIVIT"}
 
 
 def _yacs_family(cfg: CN) -> Optional[str]:
     name = cfg.MODEL.BACKBONE.NAME
-    if name in ("build_hieradet_backbone", "build_hieradet_fpn_backbone"):
-        return "hieradet"
-    if name == "build_vitdet_backbone":
-        return "vitdet"
-    if name in ("build_hivit_backbone", "build_hivit_fpn_backbone"):
-        return "hivit"
-    return None
+    return next((family for family, y in _YACS.items() if name in y.builders), None)
 
 
 def _built_values(family: str, c: CN) -> Dict[str, Any]:
@@ -205,20 +215,12 @@ def _built_values(family: str, c: CN) -> Dict[str, Any]:
         if c.GLOBAL_BLOCKS:
             kw["global_blocks"] = tuple(c.GLOBAL_BLOCKS)
         kw.update(pos_embed=c.POS_EMBED, window_size=c.WINDOW_SIZE, out_norm=c.OUT_NORM, img_size=c.IMG_SIZE)
-    cls = {"hieradet": HieraDet, "vitdet": ViT, "hivit": HiViT}[family]
+    fam = get_family(_YACS[family].arch)
     import inspect
 
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    defaults = {k: p.default for k, p in inspect.signature(fam.cls.__init__).parameters.items()}
     values = dict(defaults, **kw)
-    if values.get("global_blocks") is None and family == "hieradet":
-        from .modeling.hieradet import default_global_blocks
-
-        values["global_blocks"] = default_global_blocks(tuple(values["stages"]))
-    if values.get("global_blocks") is None and family == "hivit":
-        from .modeling.hivit import default_hivit_global_blocks
-
-        depth = tuple(values["depths"])[2]
-        values["global_blocks"] = default_hivit_global_blocks(depth, min(4, depth))
+    values["global_blocks"] = fam.resolve_global_blocks(values)
     return values
 
 
@@ -266,11 +268,11 @@ def apply_yacs_checkpoint_layout(
     if record is None:
         log(f"[checkpoint layout] {name} has no layout record (a detectron2 checkpoint): the config's layout is kept")
         return []
-    node_name = _NODE[family]
+    yacs = _YACS[family]
+    node_name = yacs.node
     if node_name not in cfg.MODEL:
-        add = "add_hivit_config" if family == "hivit" else "add_hieradet_config"
-        raise KeyError(f"cfg.MODEL.{node_name} is missing: call hieradet.config.{add}(cfg) first")
-    c, arch = cfg.MODEL[node_name], _ARCH[family]
+        raise KeyError(f"cfg.MODEL.{node_name} is missing: call hieradet.config.{yacs.add_config}(cfg) first")
+    c, arch = cfg.MODEL[node_name], yacs.arch
     if record["arch"] != arch:
         raise CheckpointError(
             f"{path} holds {record['arch']} weights, but MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} builds a "
@@ -290,7 +292,7 @@ def apply_yacs_checkpoint_layout(
     changes = []
     for field, value in record["layout"].items():
         current = built.get(field)
-        key = _YACS_LAYOUT[family].get(field)
+        key = yacs.layout_keys.get(field)
         if field == "pos_embed":
             if current == "auto":
                 why = "the mode it was trained in" if trained else "the checkpoint's natural mode"

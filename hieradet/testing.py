@@ -14,20 +14,20 @@ from detectron2.layers import ShapeSpec
 
 __all__ = ["BACKBONES", "make_tiny", "tiny_backbone_kwargs", "tiny_mask_rcnn", "tiny_train_config"]
 
-BACKBONES = ("hieradet", "vit", "hivit")
+BACKBONES = ("hieradet", "vit", "hivit")  # the built-in families' keys (any registered family's key works)
 
 
 def tiny_backbone_kwargs(kind: str, img_size: int = 256, **overrides) -> dict:
-    """Constructor kwargs of a tiny ``kind`` backbone (``"hieradet"``, ``"vit"``, ``"hivit"``) that keeps the
-    real structure: windows, a global block with relpos, abs-win position embeddings."""
-    if kind == "hieradet":
-        kw = dict(embed_dim=16, num_heads=1, stages=(1, 1, 2, 1), global_blocks=(3,), img_size=img_size)
-    elif kind == "vit":
-        kw = dict(embed_dim=32, depth=2, num_heads=2, global_blocks=(1,), img_size=img_size)
-    elif kind == "hivit":
-        kw = dict(embed_dim=32, depths=(1, 1, 2), num_heads=2, global_blocks=(1,), img_size=img_size)
-    else:
-        raise ValueError(f"unknown backbone kind {kind!r}; choose from {BACKBONES}")
+    """Constructor kwargs of a tiny ``kind`` backbone (a family's key, ``"hieradet"``, ``"vit"``, ``"hivit"``, or
+    name) that keeps the real structure: windows, a global block with relpos, abs-win position embeddings. They are
+    the family's :attr:`~hieradet.modeling.family.BackboneFamily.tiny_kwargs`."""
+    from hieradet.modeling.family import families, get_family
+
+    try:
+        fam = get_family(kind)
+    except ValueError:
+        raise ValueError(f"unknown backbone kind {kind!r}; choose from {tuple(f.key for f in families())}") from None
+    kw = dict(fam.tiny_kwargs, img_size=img_size)
     kw.update(overrides)
     return kw
 
@@ -36,19 +36,16 @@ def _backbone_cfg(kind: str, img_size: int, channels: int, **overrides):
     from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
     from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 
+    from hieradet.modeling.family import get_family
+
     kw = tiny_backbone_kwargs(kind, img_size, **overrides)
-    scales = ["scale2", "scale3", "scale4", "scale5"]
-    if kind in ("hieradet", "hivit"):
-        if kind == "hieradet":
-            from hieradet.modeling import HieraDet as net
-        else:
-            from hieradet.modeling.hivit import HiViT as net
+    net = get_family(kind).cls
+    if get_family(kind).neck == "fpn":
+        scales = ["scale2", "scale3", "scale4", "scale5"]
         top = L(LastLevelMaxPool)()
         return L(FPN)(bottom_up=L(net)(**kw), in_features=scales, out_channels=channels, top_block=top)
-    from hieradet.modeling.vit import ViT
-
     return L(SimpleFeaturePyramid)(
-        net=L(ViT)(**kw),
+        net=L(net)(**kw),
         in_feature="last_feat",
         out_channels=channels,
         scale_factors=(4.0, 2.0, 1.0, 0.5),
@@ -64,7 +61,7 @@ def tiny_mask_rcnn(
     """LazyConfig of a narrow Mask R-CNN (FPN / SimpleFeaturePyramid at ``channels``) on a tiny backbone.
 
     Args:
-        backbone (str): ``"hieradet"``, ``"vit"`` or ``"hivit"``.
+        backbone (str): ``"hieradet"``, ``"vit"``, ``"hivit"`` (or another registered family's key).
         num_classes (int): object classes.
         img_size (int): image size the backbone's global relpos tables are sized for.
         channels (int): neck / head width.

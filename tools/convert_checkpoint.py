@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     )
     for line in config_overrides(out[METADATA_KEY]["layout"], module):
         print("  " + line)
-    if result.size:
+    if result.size and result.arch in ("HieraDet", "ViT", "HiViT"):  # the project's own configs
         configs = {"HieraDet": "configs/COCO/mask_rcnn_hieradet", "ViT": "configs/COCO/mask_rcnn_vitdet"}
         configs["HiViT"] = "projects/HiViT/configs/COCO/mask_rcnn_hivit"
         tag = result.size.lower().replace("+", "plus")

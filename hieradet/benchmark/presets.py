@@ -1,7 +1,7 @@
 """Named models of the benchmark: our backbones, detectron2's ViTDet and SAM 2's Hiera trunk.
 
-Every preset is derived from the project's size tables (:data:`hieradet.modeling.HIERA_SIZES`,
-:data:`hieradet.modeling.VIT_SIZES`) and :func:`hieradet.modeling.default_global_blocks`:
+Every preset is derived from the backbone family declarations (:mod:`hieradet.modeling.family`: a family with a
+``preset`` prefix gets one preset per size of its table) and :func:`hieradet.modeling.default_global_blocks`:
 
 * ``hieradet-{t,s,b,b+,l,h}``: :class:`hieradet.modeling.HieraDet` (``hieradet_kwargs``), relpos on the global blocks;
 * ``vitdet-{b,l,h}``: our fixed ViTDet (``vit_kwargs``: abs-win embedding, relpos on the global blocks);
@@ -12,12 +12,13 @@ Every preset is derived from the project's size tables (:data:`hieradet.modeling
   not release, SAM 2's default).
 """
 
-from typing import Tuple
+from typing import Any, List, Tuple
 
 from torch import nn
 
 __all__ = [
     "PRESETS",
+    "presets",
     "parse_preset",
     "build_backbone",
     "model_config",
@@ -25,17 +26,24 @@ __all__ = [
     "sam2_hiera_kwargs",
 ]
 
-_HIERA = {"t": "T", "s": "S", "b": "B", "b+": "B+", "l": "L", "h": "H"}
 _VIT = {"b": "B", "l": "L", "h": "H"}
 _SAM2 = ("t", "s", "b", "b+", "l")  # SAM 2 has no H trunk
 
-PRESETS = (
-    [f"hieradet-{s}" for s in _HIERA]
-    + [f"vitdet-{s}" for s in _VIT]
-    + [f"d2-vitdet-{s}" for s in _VIT]
-    + ["d2-vitdet-b-norelpos"]
-    + [f"sam2-hiera-{s}" for s in _SAM2]
-)
+
+def _families() -> List[Any]:
+    from hieradet.modeling.family import families
+
+    return [f for f in families() if f.preset]
+
+
+def presets() -> List[str]:
+    """Every preset name: one per size of each registered family with a ``preset`` prefix, then detectron2's
+    ViTDet and SAM 2's trunk."""
+    ours = [f"{fam.preset}-{size.lower()}" for fam in _families() for size in fam.sizes]
+    return ours + [f"d2-vitdet-{s}" for s in _VIT] + ["d2-vitdet-b-norelpos"] + [f"sam2-hiera-{s}" for s in _SAM2]
+
+
+PRESETS = presets()  # the built-in ones (presets() also lists families registered later)
 
 
 def sam2_hiera_kwargs(size: str) -> dict:
@@ -80,29 +88,32 @@ def d2_vit_kwargs(size: str, img_size: int, use_rel_pos: bool = True) -> dict:
 def parse_preset(name: str) -> Tuple[str, str]:
     """``(family, size)`` of a preset name, e.g. ``("hieradet", "B+")``; ``ValueError`` naming the presets."""
     name = name.lower()
-    for prefix, table in (("hieradet-", _HIERA), ("vitdet-", _VIT), ("sam2-hiera-", dict(zip(_SAM2, _SAM2)))):
-        if name.startswith(prefix) and name[len(prefix) :] in table:
-            return prefix[:-1], table[name[len(prefix) :]].upper()
+    for fam in _families():
+        prefix = fam.preset + "-"
+        sizes = {s.lower(): s for s in fam.sizes}
+        if name.startswith(prefix) and name[len(prefix) :] in sizes:
+            return fam.preset, sizes[name[len(prefix) :]]
+    if name.startswith("sam2-hiera-") and name[len("sam2-hiera-") :] in _SAM2:
+        return "sam2-hiera", name[len("sam2-hiera-") :].upper()
     if name.startswith("d2-vitdet-"):
         rest = name[len("d2-vitdet-") :]
         if rest in _VIT:
             return "d2-vitdet", _VIT[rest]
         if rest == "b-norelpos":
             return "d2-vitdet-norelpos", "B"
-    raise ValueError(f"unknown model {name!r}: not a .py LazyConfig file and not a preset ({', '.join(PRESETS)})")
+    raise ValueError(f"unknown model {name!r}: not a .py LazyConfig file and not a preset ({', '.join(presets())})")
+
+
+def _family(preset: str):
+    return next((f for f in _families() if f.preset == preset), None)
 
 
 def build_backbone(name: str, img_size: int = 1024) -> nn.Module:
     """The bottom-up network of preset ``name`` (random init), sized for ``img_size`` images."""
     family, size = parse_preset(name)
-    if family == "hieradet":
-        from hieradet.modeling import HieraDet, hieradet_kwargs
-
-        return HieraDet(**hieradet_kwargs(size, img_size=img_size))
-    if family == "vitdet":
-        from hieradet.modeling import ViT, vit_kwargs
-
-        return ViT(**vit_kwargs(size, img_size=img_size))
+    fam = _family(family)
+    if fam is not None:
+        return fam.cls(**fam.kwargs(size, img_size=img_size))
     if family.startswith("d2-vitdet"):
         from detectron2.modeling import ViT as D2ViT
 
@@ -130,16 +141,13 @@ def model_config(name: str, img_size: int):
     ``configs/common/models/mask_rcnn_{hieradet,vitdet}.py``, ``d2-vitdet-*`` from detectron2's own
     ``common/models/mask_rcnn_vitdet.py``."""
     family, size = parse_preset(name)
-    if family == "hieradet":
-        from hieradet.modeling import hieradet_kwargs
-
-        model = _our_model("mask_rcnn_hieradet.py")
-        model.backbone.bottom_up.update(hieradet_kwargs(size, img_size=img_size))
-    elif family == "vitdet":
-        from hieradet.modeling import vit_kwargs
-
-        model = _our_model("mask_rcnn_vitdet.py")
-        model.backbone.net.update(vit_kwargs(size, img_size=img_size))
+    fam = _family(family)
+    if fam is not None:
+        if fam.detection_config is None:
+            raise ValueError(f"{name}: the {fam.name} family declares no detection_config; use it with --part backbone")
+        model = _our_model(fam.detection_config)
+        node = model.backbone[fam.prefix[len("backbone.") :].rstrip(".")]
+        node.update(fam.kwargs(size, img_size=img_size))
     elif family.startswith("d2-vitdet"):
         from detectron2 import model_zoo
 

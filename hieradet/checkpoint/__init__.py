@@ -24,6 +24,7 @@ from .convert import (
     summarize,
     vit_to_abswin_vit,
 )
+from .formats import FORMATS, SourceFormat, register_format, unregister_format
 from .io import CheckpointError, load_checkpoint_file, unwrap_state_dict
 from .keymaps import official_hivit_layout
 from .layout import (
@@ -39,6 +40,10 @@ from .layout import (
 
 __all__ = [
     "CheckpointError",
+    "FORMATS",
+    "SourceFormat",
+    "register_format",
+    "unregister_format",
     "LAYOUT_FIELDS",
     "apply_checkpoint_layout",
     "check_model_layout",

@@ -30,6 +30,7 @@ from .layout import (
     add_layout_record,
     check_model_layout,
     find_backbones,
+    model_layout,
     record_from_metadata,
     state_dict_records,
     training_metadata,
@@ -56,15 +57,9 @@ def _describe_embed(shapes: Mapping[str, Optional[Tuple[int, ...]]]) -> str:
 
 
 def _describe_model(arch: str, module: nn.Module) -> str:
-    sd = module.state_dict()
-    dim = sd["patch_embed.proj.weight"].shape[0]
-    if arch == "HieraDet":
-        ends = list(module.stage_ends)
-        stages = [e - s for e, s in zip(ends, [-1] + ends[:-1])]
-        return f"HieraDet(embed_dim={dim}, stages={tuple(stages)})"
-    if arch == "HiViT":  # the stem is a quarter of the main-stage width
-        return f"HiViT(embed_dim={4 * dim}, depths={tuple(module.depths)})"
-    return f"ViT(embed_dim={dim}, depth={module.num_blocks})"
+    architecture = model_layout(arch, module)[1]
+    shape = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in architecture.items())
+    return f"{arch}({shape})"
 
 
 def check_backbone_state_dict(

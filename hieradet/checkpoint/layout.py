@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
 
+from ..modeling.family import families, family_of, get_family
 from ..modeling.layout_record import (
     LAYOUT_VERSION,
     RECORD_KEY,
@@ -51,7 +52,6 @@ from ..modeling.layout_record import (
 from .convert import (
     METADATA_KEY,
     ConversionResult,
-    backbone_classes,
     checkpoint_layout_from_conversion,
     convert_state_dict,
     default_prefix,
@@ -78,27 +78,32 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class _FamilyFields(Mapping):
+    """``{family name: fields}`` read from the registered family declarations (:mod:`hieradet.modeling.family`)."""
+
+    def __init__(self, attribute: str):
+        self._attribute = attribute
+
+    def __getitem__(self, arch: str) -> Tuple[str, ...]:
+        for fam in families():
+            if fam.name == arch:
+                return getattr(fam, self._attribute)
+        raise KeyError(arch)
+
+    def __iter__(self):
+        return iter([fam.name for fam in families()])
+
+    def __len__(self) -> int:
+        return len(families())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 # constructor fields that must agree with the weights (apply_checkpoint_layout sets them)
-LAYOUT_FIELDS = {
-    "HieraDet": (
-        "pretrain_img_size",
-        "pos_embed",
-        "pos_embed_window",
-        "pos_embed_global",
-        "pos_embed_antialias",
-        "window_size",
-        "global_blocks",
-        "expand_proj",
-    ),
-    "ViT": ("pretrain_img_size", "pos_embed", "patch_size", "window_size", "global_blocks"),
-    "HiViT": ("pretrain_img_size", "pos_embed", "patch_size", "window_size", "global_blocks", "out_norm"),
-}
+LAYOUT_FIELDS: Mapping[str, Tuple[str, ...]] = _FamilyFields("layout_fields")
 # constructor fields that give the weights their shapes: a config that differs is the wrong size (an error)
-ARCHITECTURE_FIELDS = {
-    "HieraDet": ("embed_dim", "stages"),
-    "ViT": ("embed_dim", "depth"),
-    "HiViT": ("embed_dim", "depths"),
-}
+ARCHITECTURE_FIELDS: Mapping[str, Tuple[str, ...]] = _FamilyFields("architecture_fields")
 
 _PREFIX_LINE = "[checkpoint layout]"
 
@@ -111,13 +116,13 @@ def _merged_windows(current: Any, recorded: Any) -> Any:
 
 
 def find_backbones(model: nn.Module) -> Dict[str, Tuple[str, nn.Module]]:
-    """``{key prefix: (arch, module)}`` of every HieraDet / ViT / HiViT in ``model`` (prefix ``""``: the model)."""
-    classes = backbone_classes()
+    """``{key prefix: (arch, module)}`` of every backbone of a registered family (HieraDet, ViT, HiViT, ...) in
+    ``model`` (prefix ``""``: the model)."""
     found = {}
     for name, module in model.named_modules():
-        for arch, cls in classes.items():
-            if isinstance(module, cls):
-                found[name + "." if name else ""] = (arch, module)
+        fam = family_of(module)
+        if fam is not None:
+            found[name + "." if name else ""] = (fam.name, module)
     return found
 
 
@@ -129,32 +134,15 @@ def training_metadata(model: nn.Module) -> Optional[Dict[str, Any]]:
         return None
     ((prefix, (arch, module)),) = backbones.items()
     layout, architecture = trained_layout(arch, module), model_layout(arch, module)[1]
-    from .convert import _match_size  # preset name of the size, if it is one
-
-    size = _match_size(_presets(arch), **{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()})
     return {
         "version": LAYOUT_VERSION,
         "kind": "trained",
         "arch": arch,
-        "size": size,
+        "size": get_family(arch).size_of(architecture),  # preset name of the size, if it is one
         "prefix": prefix,
         "architecture": architecture,
         "layout": layout,
     }
-
-
-def _presets(arch: str) -> Mapping[str, Mapping[str, Any]]:
-    if arch == "HieraDet":
-        from ..modeling.hieradet import HIERA_SIZES
-
-        return HIERA_SIZES
-    if arch == "ViT":
-        from ..modeling.vit import VIT_SIZES
-
-        return VIT_SIZES
-    from ..modeling.hivit import HIVIT_SIZES
-
-    return HIVIT_SIZES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,10 +252,8 @@ def _target_arch(node: Any) -> Optional[str]:
             target = locate(target)
         except Exception:
             return None
-    for arch, cls in backbone_classes().items():
-        if isinstance(target, type) and issubclass(target, cls):
-            return arch
-    return None
+    fam = family_of(target) if isinstance(target, type) else None
+    return None if fam is None else fam.name
 
 
 def find_backbone_configs(node: Any, path: str = "model") -> List[Tuple[str, str, Any]]:
@@ -294,15 +280,10 @@ def _config_value(node: Any, cls: type, field: str) -> Any:
             return None
         value = params[field].default
     if field == "global_blocks" and value is None:
-        if cls.__name__ == "HieraDet":
-            from ..modeling.hieradet import default_global_blocks
-
-            value = default_global_blocks(tuple(_config_value(node, cls, "stages")))
-        elif cls.__name__ == "HiViT":
-            from ..modeling.hivit import default_hivit_global_blocks
-
-            depth = tuple(_config_value(node, cls, "depths"))[2]
-            value = default_hivit_global_blocks(depth, min(4, depth))
+        fam = family_of(cls)
+        if fam is not None:
+            arch = {k: _config_value(node, cls, k) for k in fam.architecture_fields}
+            value = fam.resolve_global_blocks(dict(arch, global_blocks=None))
     return plain_value(value)
 
 
@@ -351,7 +332,7 @@ def apply_checkpoint_layout(cfg, path: str, allow_pickle: bool = False, log: Opt
         have = ", ".join(f"{a} at {p}" for p, a, _ in found)
         raise CheckpointError(f"{path} holds {arch} weights, but the config's backbones are: {have}")
     where, node = same[0]
-    cls = backbone_classes()[arch]
+    cls = get_family(arch).cls
     built = {k: _config_value(node, cls, k) for k in record["architecture"]}
     if not all(same_value(built[k], v) for k, v in record["architecture"].items()):
         detail = _shape_detail(path, record, node, allow_pickle)

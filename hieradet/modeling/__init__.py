@@ -1,8 +1,10 @@
-"""Backbones and their building blocks. Imports nothing else of the package; the yacs config keys and the
-detectron2 ``BACKBONE_REGISTRY`` entries are in :mod:`hieradet.config`."""
+"""Backbones, their building blocks and their family declarations (:mod:`~hieradet.modeling.family`). Imports
+nothing else of the package; the yacs config keys and the detectron2 ``BACKBONE_REGISTRY`` entries are in
+:mod:`hieradet.config`."""
 
 from .attention import Attention, rel_pos_bias
 from .blocks import Block
+from .family import BackboneFamily, families, family_of, get_family, match_size, register_family
 from .hieradet import HIERA_SIZES, HieraDet, default_global_blocks, hieradet_kwargs
 from .hivit import HIVIT_SIZES, HiViT, hivit_kwargs
 from .pos_embed import AbsWinPosEmbed
@@ -12,7 +14,13 @@ from .windows import window_partition, window_unpartition
 __all__ = [
     "AbsWinPosEmbed",
     "Attention",
+    "BackboneFamily",
     "Block",
+    "families",
+    "family_of",
+    "get_family",
+    "match_size",
+    "register_family",
     "HieraDet",
     "HIERA_SIZES",
     "default_global_blocks",

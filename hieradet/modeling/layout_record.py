@@ -118,15 +118,18 @@ def strip_layout_records(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def backbone_arch(module: nn.Module) -> Optional[str]:
-    """``"HieraDet"``, ``"ViT"``, ``"HiViT"`` or ``None``."""
-    from .hieradet import HieraDet
-    from .hivit import HiViT
-    from .vit import ViT
+    """The family name (``"HieraDet"``, ``"ViT"``, ``"HiViT"``, ... see :mod:`hieradet.modeling.family`) of a
+    backbone module, or ``None``."""
+    from .family import family_of
 
-    for arch, cls in (("HieraDet", HieraDet), ("ViT", ViT), ("HiViT", HiViT)):
-        if isinstance(module, cls):
-            return arch
-    return None
+    fam = family_of(module)
+    return None if fam is None else fam.name
+
+
+def _token_stride(arch: str) -> int:
+    from .family import get_family
+
+    return get_family(arch).token_stride
 
 
 def plain_value(v: Any) -> Any:
@@ -174,7 +177,7 @@ def _expand_proj(module: nn.Module) -> bool:
 def _relpos_img_size(arch: str, module: nn.Module) -> Optional[int]:
     """The image size the global blocks' relative position tables are sized for (their grid side times the
     block's input stride), None without such tables."""
-    stride = int(module.patch_embed.proj.stride[0]) * (4 if arch == "HiViT" else 1)
+    stride = int(module.patch_embed.proj.stride[0]) * _token_stride(arch)
     for blk in module.blocks:
         attn = blk.attn
         if blk.window_size == 0 and getattr(attn, "use_rel_pos", False):
@@ -193,47 +196,67 @@ def same_img_size(arch: str, a: Any, b: Any) -> bool:
 
 
 def model_layout(arch: str, module: nn.Module) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(layout, architecture)`` of a built HieraDet / ViT / HiViT, read from the module itself.
+    """``(layout, architecture)`` of a built backbone of family ``arch``, read from the module itself (the family's
+    :attr:`~hieradet.modeling.family.BackboneFamily.model_layout`).
 
     A ``pos_embed="auto"`` model that no checkpoint resolved runs, and is recorded, as ``"abswin"``.
     """
+    from .family import get_family
+
+    return get_family(arch).layout(module)
+
+
+def _embed_layout(module: nn.Module, stride: int) -> Dict[str, Any]:
     pe = module.pos_embed
     mode = "abswin" if pe.mode == "auto" else pe.mode
-    win = None if pe.window_embed is None else int(pe.window_embed.shape[-1])
-    glob = None if pe.global_embed is None else int(pe.global_embed.shape[-1])
-    dim = int(module.patch_embed.proj.weight.shape[0])
-    if arch == "HieraDet":
-        ends = tuple(module.stage_ends)
-        # a stage's first block still attends with the previous stage's window (see HieraDet)
-        by_stage: Dict[int, List[int]] = {s: [] for s in range(len(ends))}
-        for i in range(len(module.blocks)):
-            by_stage[_stage_of(max(i - 1, 0), ends)].append(i)
-        stride = int(module.patch_embed.proj.stride[0])
-        layout = dict(
-            pretrain_img_size=int(pe.pretrain_size[0]) * stride,
-            pos_embed=mode,
-            pos_embed_window=win,
-            pos_embed_global=glob,
-            pos_embed_antialias=bool(pe.antialias),
-            window_size=[_first_window(module, by_stage[s]) for s in range(len(ends))],
-            global_blocks=list(module.global_blocks),
-        )
-        if not _expand_proj(module):
-            layout["expand_proj"] = False
-        stages = [e - s for e, s in zip(ends, (-1,) + ends[:-1])]
-        return layout, dict(embed_dim=dim, stages=stages)
-    patch = int(module.patch_embed.proj.stride[0]) * (4 if arch == "HiViT" else 1)
-    layout = dict(
-        pretrain_img_size=int(pe.pretrain_size[0]) * patch,
-        pos_embed=mode,
+    return dict(pretrain_img_size=int(pe.pretrain_size[0]) * stride, pos_embed=mode)
+
+
+def hieradet_layout(module: nn.Module) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """:func:`model_layout` of a HieraDet: per-stage windows, both embedding grids, the global blocks."""
+    pe = module.pos_embed
+    ends = tuple(module.stage_ends)
+    # a stage's first block still attends with the previous stage's window (see HieraDet)
+    by_stage: Dict[int, List[int]] = {s: [] for s in range(len(ends))}
+    for i in range(len(module.blocks)):
+        by_stage[_stage_of(max(i - 1, 0), ends)].append(i)
+    layout = _embed_layout(module, int(module.patch_embed.proj.stride[0]))
+    layout.update(
+        pos_embed_window=None if pe.window_embed is None else int(pe.window_embed.shape[-1]),
+        pos_embed_global=None if pe.global_embed is None else int(pe.global_embed.shape[-1]),
+        pos_embed_antialias=bool(pe.antialias),
+        window_size=[_first_window(module, by_stage[s]) for s in range(len(ends))],
+        global_blocks=list(module.global_blocks),
+    )
+    if not _expand_proj(module):
+        layout["expand_proj"] = False
+    stages = [e - s for e, s in zip(ends, (-1,) + ends[:-1])]
+    return layout, dict(embed_dim=int(module.patch_embed.proj.weight.shape[0]), stages=stages)
+
+
+def _single_scale_layout(module: nn.Module, token_stride: int) -> Dict[str, Any]:
+    patch = int(module.patch_embed.proj.stride[0]) * token_stride
+    layout = _embed_layout(module, patch)
+    layout.update(
         patch_size=patch,
         window_size=_first_window(module, list(range(len(module.blocks)))),
         global_blocks=list(module.global_blocks),
     )
-    if arch == "HiViT":
-        layout["out_norm"] = module.out_norms is not None
-        return layout, dict(embed_dim=4 * dim, depths=list(module.depths))
-    return layout, dict(embed_dim=dim, depth=len(module.blocks))
+    return layout
+
+
+def plain_vit_layout(module: nn.Module) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """:func:`model_layout` of a plain ViT (one stride, ``depth`` blocks, one window size)."""
+    dim = int(module.patch_embed.proj.weight.shape[0])
+    return _single_scale_layout(module, 1), dict(embed_dim=dim, depth=len(module.blocks))
+
+
+def hivit_layout(module: nn.Module) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """:func:`model_layout` of a HiViT: its main stage as a plain ViT's, the output norms, the stage depths."""
+    layout = _single_scale_layout(module, 4)
+    layout["out_norm"] = module.out_norms is not None
+    dim = int(module.patch_embed.proj.weight.shape[0])
+    return layout, dict(embed_dim=4 * dim, depths=list(module.depths))
 
 
 def trained_layout(arch: str, module: nn.Module) -> Dict[str, Any]:
@@ -391,7 +414,7 @@ def check_alignment(arch: str, module: nn.Module) -> None:
     from .pos_embed import check_window_alignment
 
     patch = int(module.patch_embed.proj.stride[0])
-    stride, windows = patch * (4 if arch == "HiViT" else 1), {}
+    stride, windows = patch * _token_stride(arch), {}
     for i, blk in enumerate(module.blocks):
         if blk.window_size and i not in module.global_blocks:
             scale = stride // patch if arch == "HieraDet" else 1

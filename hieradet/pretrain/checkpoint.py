@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..checkpoint.convert import METADATA_KEY, ConversionResult, build_converted_checkpoint
+from ..modeling.family import match_size
 from ..modeling.hieradet import HIERA_SIZES, HieraDet, default_global_blocks, hieradet_kwargs, stage_ends
 
 __all__ = [
@@ -138,14 +139,7 @@ def backbone_checkpoint(
     embed_dim = int(encoder.patch_embed.proj.out_channels)
     num_heads = int(encoder.blocks[0].attn.num_heads)
     stages = _stages(encoder)
-    size = next(
-        (
-            name
-            for name, p in HIERA_SIZES.items()
-            if p["embed_dim"] == embed_dim and tuple(p["stages"]) == stages and p["num_heads"] == num_heads
-        ),
-        None,
-    )
+    size = match_size(HIERA_SIZES, dict(embed_dim=embed_dim, stages=stages, num_heads=num_heads))
     if size is not None:
         kwargs = hieradet_kwargs(size, **layout)
     else:

@@ -64,25 +64,20 @@ def _num(x: Optional[float]) -> str:
     return f"{x:g}"
 
 
-def _size(family: str, bb) -> str:
-    from ..modeling.hieradet import HIERA_SIZES
-    from ..modeling.hivit import HIVIT_SIZES
-    from ..modeling.vit import VIT_SIZES
+def _family(bb):
+    """The backbone family (:mod:`hieradet.modeling.family`) of a config's backbone node, None for another class."""
+    from ..modeling.family import family_of
 
-    def match(table, keys):
-        for name, preset in table.items():
-            if all(tuple(preset[k]) == tuple(bb[k]) if isinstance(preset[k], tuple) else preset[k] == bb[k]
-                   for k in keys):  # fmt: skip
-                return name
+    target = bb._target_
+    return family_of(target) if isinstance(target, type) else None
+
+
+def _size(fam, bb) -> str:
+    """The preset name of the backbone node ``bb`` of family ``fam`` (its size fields match one), else ``"?"``."""
+    if fam is None:
         return "?"
-
-    if family == "HieraDet":
-        return match(HIERA_SIZES, ("embed_dim", "num_heads", "stages"))
-    if family == "ViT":
-        return match(VIT_SIZES, ("embed_dim", "depth", "num_heads"))
-    if family == "HiViT":
-        return match(HIVIT_SIZES, ("embed_dim", "depths", "num_heads"))
-    return "?"
+    fields = fam.size_match_fields or (*fam.architecture_fields, "num_heads")
+    return fam.size_of({k: bb[k] for k in fields}) or "?"
 
 
 def _train_images(dataloader) -> str:
@@ -118,10 +113,11 @@ def recipe_row(cfg, path: str) -> Dict[str, str]:
     if tta:
         model = model.model
     bb = model.backbone.bottom_up if "bottom_up" in model.backbone else model.backbone.net
+    fam = _family(bb)
     family = getattr(bb._target_, "__name__", str(bb._target_))
     cascade = "box_predictors" in model.roi_heads  # CascadeROIHeads (or a soft-NMS subclass of it)
     detector = ("Cascade Mask R-CNN" if cascade else "Mask R-CNN") + (" + TTA" if tta else "")
-    backbone = {"ViT": "ViTDet"}.get(family, family) + "-" + _size(family, bb)
+    backbone = (fam.label or fam.name if fam is not None else family) + "-" + _size(fam, bb)
     embedding = str(bb.pos_embed)
     if family == "HieraDet":
         embedding += f" ({bb.pos_embed_window}/{bb.pos_embed_global})"
