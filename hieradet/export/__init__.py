@@ -1,35 +1,41 @@
-"""Deployment: export a detector's backbone to ONNX / ``torch.export`` with dynamic image size, run and check it."""
+"""Deployment: export a whole detector (boxes, scores, classes, masks) or its backbone to ONNX / ``torch.export``
+with dynamic image size, run and check it."""
 
 from .core import (
-    DETECTOR_UNSUPPORTED,
     FORMATS,
     ExportError,
     FeatureGraph,
     build_model,
     check_exported,
     check_image,
+    compare_detections,
     compare_outputs,
     config_max_size,
     export_features,
+    export_graph,
     export_model,
     load_exported,
     read_test_image,
     trace,
 )
+from .detector import DetectorGraph, check_detector_supported
 
 __all__ = [
-    "DETECTOR_UNSUPPORTED",
     "FORMATS",
+    "DetectorGraph",
     "ExportError",
     "FeatureGraph",
     "build_model",
+    "check_detector_supported",
     "check_exported",
     "check_image",
+    "compare_detections",
     "compare_outputs",
+    "config_max_size",
     "export_features",
+    "export_graph",
     "export_model",
     "load_exported",
     "read_test_image",
-    "config_max_size",
     "trace",
 ]
