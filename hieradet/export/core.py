@@ -131,21 +131,29 @@ def _check_dynamic(ep) -> None:
         )
 
 
+def input_range(ep, max_size: Optional[int] = None) -> Tuple[int, Optional[int]]:
+    """(smallest, largest) image side an exported program accepts (``max_size`` where it sets no upper bound)."""
+    inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+    lo, hi = 1, max_size
+    for s in inputs[0].meta["val"].shape[1:]:
+        vr = ep.range_constraints.get(s.node.expr) if isinstance(s, torch.SymInt) else None
+        if vr is not None:
+            lo = max(lo, int(vr.lower))
+            if vr.upper.is_finite:
+                hi = int(vr.upper) if hi is None else min(hi, int(vr.upper))
+    return lo, hi
+
+
 def _check_range(ep, min_size: int, max_size: int) -> None:
     """Refuse a program that accepts fewer image sides than ``min_size..max_size`` (a shape computation in the
     model added a bound, e.g. a feature map that must stay larger than one pixel)."""
-    inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
-    for name, s in zip(("H", "W"), inputs[0].meta["val"].shape[1:]):
-        vr = ep.range_constraints.get(s.node.expr) if isinstance(s, torch.SymInt) else None
-        if vr is None:
-            continue
-        lo, hi = int(vr.lower), (int(vr.upper) if vr.upper.is_finite else max_size)
-        if lo > min_size or hi < max_size:
-            raise ExportError(
-                f"the exported program accepts an image {name} of {lo}..{hi} px only, not the requested "
-                f"{min_size}..{max_size}: pass a min_size / max_size inside {lo}..{hi} (tools/export_model.py: "
-                "--min-size / --max-size)"
-            )
+    lo, hi = input_range(ep, max_size)
+    if lo > min_size or hi < max_size:
+        raise ExportError(
+            f"the exported program accepts image sides of {lo}..{hi} px only, not the requested "
+            f"{min_size}..{max_size}: pass a min_size / max_size inside {lo}..{hi} (tools/export_model.py: "
+            "--min-size / --max-size)"
+        )
 
 
 def trace(module: nn.Module, example: torch.Tensor, min_size: int, max_size: int) -> "torch.export.ExportedProgram":
@@ -267,8 +275,10 @@ class _OrtRunner:
 
 class _Pt2Runner:
     def __init__(self, path: str, max_size: Optional[int], min_size: int = 1):
-        self.module = torch.export.load(path).module()
-        self.max_size, self.min_size = max_size, min_size
+        ep = torch.export.load(path)
+        self.module = ep.module()
+        lo, hi = input_range(ep, max_size)  # the program's own bounds: an image outside them is refused up front
+        self.max_size, self.min_size = hi, max(min_size, lo)
 
     def __call__(self, image) -> List:
         check_image(image, self.max_size, self.min_size)
