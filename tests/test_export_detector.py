@@ -4,7 +4,6 @@ re-implement are refused by name."""
 
 import re
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,31 +102,28 @@ def cli_pt2(tmp_path_factory, load_tool):
     tool = load_tool("export_model")
     argv = ["--config-file", str(cfg_path), "--checkpoint", str(tmp / "model.pth"), "--format", "torch_export"]
     argv += ["--output", str(tmp / "out"), "--max-size", str(MAX_SIZE), "--check", *pngs]
-    return tool, argv, pngs, str(tmp / "out" / "model.pt2"), LazyConfig.load(str(cfg_path)), str(tmp / "model.pth")
+    return tool, argv, pngs, str(tmp / "out" / "model.pt2")
 
 
 def test_cli_exports_whole_detector_torch_export_two_sizes_one_file(cli_pt2, capsys):
-    tool, argv, pngs, path, cfg, ckpt = cli_pt2
+    """The tool writes the .pt2 and its --check runs that file and eager detectron2 (same checkpoint) on the two
+    images; the printed differences are held to the issue's tolerances (loading a .pt2 again would double the
+    test's time)."""
+    tool, argv, pngs, path = cli_pt2
     assert tool.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"wrote {path} (detector)" in printed
-    for png, hw in zip(pngs, SIZES):  # --check: eager detectron2 vs the file, per image
+    pattern = (
+        r"\((\d+), (\d+)\): (\d+) detections as eager; max \|boxes diff\| (\S+) px, max \|scores diff\| (\S+), "
+        r"(\d+) classes differ, smallest mask IoU (\S+)$"
+    )
+    for png, hw in zip(pngs, SIZES):
         line = next(x for x in printed.splitlines() if x.startswith(png))
-        m = re.search(
-            r"(\d+) detections as eager; max \|boxes diff\| (\S+) px, max \|scores diff\| (\S+), 0 classes", line
-        )
-        assert m and int(m.group(1)) > 0 and float(m.group(2)) < 0.05 and float(m.group(3)) < 1e-3, line
-        assert f"{hw}" in line and "smallest mask IoU" in line
-    model = build_model(cfg, ckpt)
-    run = load_exported(path, MAX_SIZE)
-    for png in pngs:
-        image = torch.as_tensor(np.asarray(Image.open(png)).transpose(2, 0, 1).astype("float32"))
-        image = image.flip(0)  # the tool reads files in the model's input_format (BGR)
-        assert_matches_eager(run(image), _eager(model, image), image)
-    with pytest.raises(ValueError, match="float32"):
-        run(image.double())
-    with pytest.raises(ValueError, match=r"\(3, H, W\) image"):
-        run(image[None])
+        m = re.search(pattern, line)
+        assert m, line
+        assert (int(m.group(1)), int(m.group(2))) == hw  # no resize: the images are at the test size
+        assert int(m.group(3)) > 0 and int(m.group(6)) == 0, line
+        assert float(m.group(4)) <= 0.05 and float(m.group(5)) <= 1e-3 and float(m.group(7)) >= 0.98, line
 
 
 def test_export_refuses_a_roi_head_part_it_does_not_reimplement(tmp_path):

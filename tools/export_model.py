@@ -39,7 +39,14 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     from detectron2.config import LazyConfig
 
-    from hieradet.export import ExportError, check_exported, config_max_size, export_model, read_test_image
+    from hieradet.export import (
+        ExportError,
+        check_exported,
+        config_max_size,
+        describe_detection_diffs,
+        export_model,
+        read_test_image,
+    )
     from hieradet.model_zoo import resolve_config_path
 
     try:
@@ -75,19 +82,8 @@ def main(argv=None) -> int:
                 detail = ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
                 print(f"{f} {tuple(img.shape[1:])}: max |exported - eager| = {worst:.3g} ({detail})")
             else:
-                print(f"{f} {tuple(img.shape[1:])}: {format_detection_diffs(diffs)}")
+                print(f"{f} {tuple(img.shape[1:])}: {describe_detection_diffs(diffs)}")
     return 0
-
-
-def format_detection_diffs(d) -> str:
-    n, m = int(d["n_exported"]), int(d["n_eager"])
-    if n != m:
-        return f"MISMATCH: {n} exported detections, {m} eager"
-    text = (
-        f"{n} detections as eager; max |boxes diff| {d['boxes']:.3g} px, max |scores diff| {d['scores']:.3g}, "
-        f"{int(d['classes'])} classes differ"
-    )
-    return text + (f", smallest mask IoU {d['mask_iou']:.4f}" if "mask_iou" in d else "")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ __all__ = [
     "check_image",
     "compare_detections",
     "compare_outputs",
+    "describe_detection_diffs",
     "export_features",
     "export_graph",
     "export_model",
@@ -407,6 +408,18 @@ def compare_detections(exported: Sequence[torch.Tensor], eager) -> Dict[str, flo
         iou = torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
         diffs["mask_iou"] = float(iou.min()) if n else 1.0
     return diffs
+
+
+def describe_detection_diffs(diffs: Dict[str, float]) -> str:
+    """One line for a :func:`compare_detections` result."""
+    n, m = int(diffs["n_exported"]), int(diffs["n_eager"])
+    if n != m:
+        return f"MISMATCH: {n} exported detections, {m} eager"
+    text = (
+        f"{n} detections as eager; max |boxes diff| {diffs['boxes']:.3g} px, max |scores diff| {diffs['scores']:.3g}, "
+        f"{int(diffs['classes'])} classes differ"
+    )
+    return text + (f", smallest mask IoU {diffs['mask_iou']:.4f}" if "mask_iou" in diffs else "")
 
 
 def check_exported(
