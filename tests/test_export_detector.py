@@ -4,6 +4,7 @@ re-implement are refused by name."""
 
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,14 +18,50 @@ from hieradet.testing import make_tiny, tiny_mask_rcnn
 SIZES = [(256, 256), (224, 320)]  # one file, two sizes
 MAX_SIZE = 320
 
+PSEUDO_VAL = "export_detector_pseudo_val"
 TINY_CONFIG = """
+from detectron2.config import LazyCall as L
+from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from omegaconf import OmegaConf
+
+from hieradet.evaluation import COCOEvaluator
 from hieradet.testing import tiny_mask_rcnn
 
 model = tiny_mask_rcnn("hieradet", num_classes=4, img_size=256)
 dataloader = OmegaConf.create()
-dataloader.test = dict(mapper=dict(augmentations=[]))  # the check images are already at the test size
+dataloader.test = L(build_detection_test_loader)(  # the images are already at the test size: no resize
+    dataset=L(get_detection_dataset_dicts)(names="{name}", filter_empty=False),
+    mapper=L(DatasetMapper)(is_train=False, augmentations=[], image_format="BGR"),
+    num_workers=0,
+)
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="{name}", output_dir="{out}")
 """
+
+
+def _register_pseudo_val(model, pngs):
+    """A test set whose ground truth is the eager model's 8 best detections per image (boxes, classes, masks):
+    eager AP on it is high, and any change in the exported detections lowers the exported AP."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+    from pycocotools import mask as mask_util
+
+    records = []
+    for i, png in enumerate(pngs):
+        bgr = torch.as_tensor(np.array(Image.open(png))).permute(2, 0, 1).flip(0).float()
+        inst = _eager(model, bgr)[:8]
+        anns = []
+        for box, cls, m in zip(inst.pred_boxes.tensor, inst.pred_classes, inst.pred_masks):
+            rle = mask_util.encode(np.asfortranarray(m.numpy().astype(np.uint8)))
+            anns.append(
+                dict(bbox=box.tolist(), bbox_mode=BoxMode.XYXY_ABS, category_id=int(cls), segmentation=rle, iscrowd=0)
+            )
+        h, w = bgr.shape[1:]
+        records.append(dict(file_name=png, image_id=i, height=h, width=w, annotations=anns))
+    if PSEUDO_VAL in DatasetCatalog:
+        DatasetCatalog.remove(PSEUDO_VAL)
+        MetadataCatalog.remove(PSEUDO_VAL)
+    DatasetCatalog.register(PSEUDO_VAL, lambda: records)
+    MetadataCatalog.get(PSEUDO_VAL).set(thing_classes=["a", "b", "c", "d"])
 
 
 def _images():
@@ -91,24 +128,29 @@ def cli_pt2(tmp_path_factory, load_tool):
     export of the default suite."""
     tmp = tmp_path_factory.mktemp("det")
     cfg_path = tmp / "tiny.py"
-    cfg_path.write_text(TINY_CONFIG)
+    cfg_path.write_text(TINY_CONFIG.format(name=PSEUDO_VAL, out=tmp / "eval"))
     torch.manual_seed(0)
-    model = instantiate(LazyConfig.load(str(cfg_path)).model)
+    model = instantiate(LazyConfig.load(str(cfg_path)).model).eval()
     torch.save({"model": model.state_dict()}, tmp / "model.pth")
     pngs = []
     for i, image in enumerate(_images()):
         pngs.append(str(tmp / f"img{i}.png"))
         Image.fromarray(image.round().byte().permute(1, 2, 0).numpy()).save(pngs[-1])
+    _register_pseudo_val(model, pngs)
     tool = load_tool("export_model")
     argv = ["--config-file", str(cfg_path), "--checkpoint", str(tmp / "model.pth"), "--format", "torch_export"]
-    argv += ["--output", str(tmp / "out"), "--max-size", str(MAX_SIZE), "--check", *pngs]
-    return tool, argv, pngs, str(tmp / "out" / "model.pt2")
+    argv += ["--output", str(tmp / "out"), "--max-size", str(MAX_SIZE), "--check", *pngs, "--eval"]
+    yield tool, argv, pngs, str(tmp / "out" / "model.pt2")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.remove(PSEUDO_VAL)
+    MetadataCatalog.remove(PSEUDO_VAL)
 
 
 def test_cli_exports_whole_detector_torch_export_two_sizes_one_file(cli_pt2, capsys):
     """The tool writes the .pt2 and its --check runs that file and eager detectron2 (same checkpoint) on the two
-    images; the printed differences are held to the issue's tolerances (loading a .pt2 again would double the
-    test's time)."""
+    images, and its --eval the pseudo-labelled test set; the printed differences are held to the issue's
+    tolerances (loading a .pt2 again would double the test's time)."""
     tool, argv, pngs, path = cli_pt2
     assert tool.main(argv) == 0
     printed = capsys.readouterr().out
@@ -124,6 +166,10 @@ def test_cli_exports_whole_detector_torch_export_two_sizes_one_file(cli_pt2, cap
         assert (int(m.group(1)), int(m.group(2))) == hw  # no resize: the images are at the test size
         assert int(m.group(3)) > 0 and int(m.group(6)) == 0, line
         assert float(m.group(4)) <= 0.05 and float(m.group(5)) <= 1e-3 and float(m.group(7)) >= 0.98, line
+    for task in ("bbox", "segm"):  # --eval: the same test set through eager and through the file
+        m = re.search(rf"^{task} AP: eager (\S+), exported (\S+) \(difference", printed, re.M)
+        assert m, printed
+        assert float(m.group(1)) > 30 and abs(float(m.group(2)) - float(m.group(1))) <= 0.1, m.group(0)
 
 
 def test_export_refuses_a_roi_head_part_it_does_not_reimplement(tmp_path):

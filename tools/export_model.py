@@ -31,6 +31,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, help="largest image side the file accepts (default: the test size)")
     p.add_argument("--min-size", type=int, help="smallest image side the file accepts (default: the smallest it can)")
     p.add_argument("--check", nargs="+", metavar="IMAGE", help="compare the exported file with eager on images")
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="evaluate the exported detector and the eager model on the config's test set (dataloader.test and\n"
+        "dataloader.evaluator) and print both APs; exit status 1 if an AP differs by more than 0.1",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: key=value ...")
     return p
 
@@ -41,11 +47,15 @@ def main(argv=None) -> int:
 
     from hieradet.export import (
         ExportError,
+        ap_differences,
         check_exported,
         config_max_size,
         describe_detection_diffs,
+        evaluate_exported,
         export_model,
+        load_exported,
         read_test_image,
+        require_test_set,
     )
     from hieradet.model_zoo import resolve_config_path
 
@@ -54,7 +64,16 @@ def main(argv=None) -> int:
     except FileNotFoundError:
         print(f"error: config file not found: {args.config_file} (neither a file nor a model_zoo name)")
         return 2
+    if args.eval and args.backbone_only:
+        print("error: --eval evaluates a whole detector; drop --backbone-only")
+        return 2
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(args.opts or []))
+    if args.eval:
+        try:
+            require_test_set(cfg)  # before the export, which takes a while
+        except ValueError as e:
+            print(f"error: {e}")
+            return 2
     torch.manual_seed(0)
     start = time.perf_counter()
     try:
@@ -73,9 +92,10 @@ def main(argv=None) -> int:
     max_size = args.max_size or config_max_size(cfg, model)
     what = "backbone features" if args.backbone_only else "detector"
     print(f"wrote {path} ({what}) in {time.perf_counter() - start:.1f} s (image sides up to {max_size} px)")
+    run = load_exported(path, max_size) if (args.check or args.eval) else None
     if args.check:
         images = [read_test_image(cfg, model, f) for f in args.check]
-        results = check_exported(path, model, images, max_size, detector=not args.backbone_only)
+        results = check_exported(run, model, images, max_size, detector=not args.backbone_only)
         for f, img, diffs in zip(args.check, images, results):
             if args.backbone_only:
                 worst = max(diffs.values())
@@ -83,6 +103,13 @@ def main(argv=None) -> int:
                 print(f"{f} {tuple(img.shape[1:])}: max |exported - eager| = {worst:.3g} ({detail})")
             else:
                 print(f"{f} {tuple(img.shape[1:])}: {describe_detection_diffs(diffs)}")
+    if args.eval:
+        aps = ap_differences(evaluate_exported(cfg, model, run))
+        for task, (eager, exported) in aps.items():
+            print(f"{task} AP: eager {eager:.2f}, exported {exported:.2f} (difference {exported - eager:+.2f})")
+        if any(abs(a - b) > 0.1 for a, b in aps.values()):
+            print("error: the exported file's AP differs from eager by more than 0.1")
+            return 1
     return 0
 
 

@@ -20,12 +20,15 @@ from .core import (
     trace,
 )
 from .detector import DetectorGraph, check_detector_supported
+from .evaluation import ExportedDetector, ap_differences, evaluate_exported, require_test_set
 
 __all__ = [
     "FORMATS",
     "DetectorGraph",
     "ExportError",
+    "ExportedDetector",
     "FeatureGraph",
+    "ap_differences",
     "build_model",
     "check_detector_supported",
     "check_exported",
@@ -34,10 +37,12 @@ __all__ = [
     "compare_outputs",
     "config_max_size",
     "describe_detection_diffs",
+    "evaluate_exported",
     "export_features",
     "export_graph",
     "export_model",
     "load_exported",
     "read_test_image",
+    "require_test_set",
     "trace",
 ]
