@@ -191,10 +191,10 @@ class DetectorGraph(nn.Module):
 
     def _detect(self, feats, proposals: torch.Tensor, h, w) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = [feats[f] for f in self.box_in_features]
-        stage_probs = []
+        stage_probs, pred_boxes = [], proposals
         for k, (head, predictor) in enumerate(zip(self.box_heads, self.box_predictors)):
-            if k > 0:
-                proposals = _clip(pred_boxes, h, w)  # noqa: F821 - set by the previous stage
+            if k > 0:  # a cascade stage refines the previous stage's (class-agnostic) boxes, clipped
+                proposals = _clip(pred_boxes, h, w)
             logits, deltas = predictor(head(self.box_pooler(x, proposals)))
             pred_boxes = predictor.box2box_transform.apply_deltas(deltas, proposals)
             stage_probs.append(self._probs(predictor, logits))
