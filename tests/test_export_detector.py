@@ -187,6 +187,28 @@ def test_export_refuses_a_roi_head_part_it_does_not_reimplement(tmp_path):
         DetectorGraph(model)
 
 
+def test_exported_detector_runs_with_zero_and_one_detection():
+    """torchvision declares NMS keeps >= 2 boxes while tracing; the exported program must still run (and match
+    eager) when an image has no detection or a single one. The score threshold is set between the images' scores
+    so that one image has none above it and the other exactly one."""
+    model = _model("mask_rcnn")
+    predictor = model.roi_heads.box_predictor
+    predictor.test_score_thresh = 0.0
+    images = _images()
+    top = [_eager(model, image).scores[:2].tolist() for image in images]
+    a, b = sorted(range(2), key=lambda i: top[i][0])  # a: the lower best score
+    predictor.test_score_thresh = max(top[a][0], (top[b][0] + top[b][1]) / 2)
+    program = trace(DetectorGraph(model).eval(), torch.rand(3, 256, 256) * 255, 65, MAX_SIZE).module()
+    for i, n in ((a, 0), (b, 1)):
+        image = images[i]
+        ref = _eager(model, image)
+        with torch.no_grad():
+            out = program(image)
+        assert len(ref) == n and [tuple(o.shape) for o in out] == [(n, 4), (n,), (n,), (n, *image.shape[1:])]
+        if n:
+            assert_matches_eager(out, ref, image)
+
+
 class _NeedsOver64(torch.nn.Module):
     """A graph that only holds for image sides over 64 px (as a convolution on a 1 px stride-64 map does in the
     detector): torch.export narrows the accepted range to 65.. and adds a runtime check."""

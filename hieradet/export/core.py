@@ -13,6 +13,7 @@ checked: if a size was specialised to the traced one, or the accepted range is n
 instead of writing a file that would be wrong (or refuse to run) at other sizes.
 """
 
+import contextlib
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -157,6 +158,32 @@ def _check_range(ep, min_size: int, max_size: int) -> None:
         )
 
 
+def _nms_fake(dets, scores, iou_threshold):
+    torch._check(dets.dim() == 2 and dets.size(1) == 4 and scores.dim() == 1 and dets.size(0) == scores.size(0))
+    kept = torch.library.get_ctx().new_dynamic_size(min=0)
+    torch._check(kept <= dets.size(0))
+    return dets.new_empty(kept, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def _nms_may_keep_fewer_than_two():
+    """torchvision's fake ``nms`` (its shape function for tracing) declares at least 2 kept boxes (the legacy
+    ``create_unbacked_symint`` default), so an exported detector would stop with "Runtime assertion failed for
+    expression u >= 2" on an image with 0 or 1 detection. While tracing, a fake that allows 0..n is registered
+    on top of it (removed afterwards: torchvision's own comes back)."""
+    try:
+        import torchvision  # noqa: F401 - defines torchvision::nms
+    except ImportError:  # nothing to correct without torchvision
+        yield
+        return
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+    try:
+        torch.library.register_fake("torchvision::nms", _nms_fake, lib=lib, allow_override=True)
+        yield
+    finally:
+        lib._destroy()
+
+
 def trace(module: nn.Module, example: torch.Tensor, min_size: int, max_size: int) -> "torch.export.ExportedProgram":
     """``torch.export`` of a per-image ``module`` with dynamic H and W in ``[min_size, max_size]``.
 
@@ -165,7 +192,7 @@ def trace(module: nn.Module, example: torch.Tensor, min_size: int, max_size: int
     """
     from torch.fx.experimental import _config as fx_config
 
-    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True), _nms_may_keep_fewer_than_two():
         ep = torch.export.export(module, (example,), dynamic_shapes=_dynamic_dims(min_size, max_size), strict=False)
     _check_dynamic(ep)
     _check_range(ep, min_size, max_size)
@@ -239,7 +266,8 @@ def export_graph(
     else:
         from torch.fx.experimental import _config as fx_config
 
-        with fx_config.patch(backed_size_oblivious=True):  # the decompositions retrace the program
+        # the decompositions retrace the program
+        with fx_config.patch(backed_size_oblivious=True), _nms_may_keep_fewer_than_two():
             onnx_program = torch.onnx.export(
                 ep,
                 (example,),
