@@ -3,7 +3,7 @@
 image height and width.
 
   python tools/export_model.py --config-file COCO/mask_rcnn_hieradet_t_100ep.py --checkpoint model.pth \\
-      --format onnx --output out/ [--backbone-only] [--check img1.jpg img2.jpg] [key=value ...]
+      --format onnx --output out/ [--backbone-only] [--check img1.jpg img2.jpg] [--eval] [key=value ...]
 
 writes ``out/model.onnx`` (opset 18, onnxruntime's standard operators) or ``out/model.pt2`` (``torch.export.save``).
 The graph takes one float32 (3, H, W) image, 0-255, in the config's input_format, resized as the test augmentation
@@ -11,7 +11,8 @@ does, for any H, W from ``--min-size`` up to ``--max-size``; it normalises and p
 (Mask R-CNN, Cascade Mask R-CNN or their box-only forms) returns ``boxes (N, 4)`` in input pixels, ``scores (N,)``,
 ``classes (N,)`` int64 and, with a mask head, ``masks (N, H, W)`` bool; ``--backbone-only`` returns the FPN features
 (p2..p6 or the config's names). ``--check`` runs the file and the eager model on the images and prints the largest
-differences. A model part the detector export does not handle is refused by name (see ``hieradet.export``).
+differences; ``--eval`` evaluates both on the config's test set (exit status 1 if an AP differs by more than 0.1).
+A model part the detector export does not handle is refused by name (see ``hieradet.export``).
 """
 
 import argparse
