@@ -7,8 +7,6 @@ from detectron2.config import instantiate
 from omegaconf import OmegaConf
 
 from hieradet.export import (
-    DETECTOR_UNSUPPORTED,
-    ExportError,
     FeatureGraph,
     check_exported,
     export_features,
@@ -91,11 +89,8 @@ def test_exported_rejects_wrong_shape_dtype_and_size(hieradet_pt2):
         pt2_runner(torch.rand(3, 256, 384))
 
 
-def test_export_refuses_whole_detector_and_unknown_format(tmp_path):
+def test_export_refuses_unknown_format_and_file(tmp_path):
     cfg = OmegaConf.create({"model": tiny_mask_rcnn("hieradet", img_size=256)})
-    with pytest.raises(ExportError, match="whole-detector export"):
-        export_model(cfg, None, "onnx", str(tmp_path))
-    assert "--backbone-only" in DETECTOR_UNSUPPORTED
     with pytest.raises(ValueError, match="format must be one of"):
         export_model(cfg, None, "tflite", str(tmp_path), backbone_only=True)
     with pytest.raises(ValueError, match="unknown exported file"):

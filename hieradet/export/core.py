@@ -1,5 +1,6 @@
-"""Export a detector's backbone (trunk + FPN / simple feature pyramid) to ``torch.export`` (``.pt2``) and ONNX with
-dynamic image height and width, run the exported file, and compare it with the eager model.
+"""Export a detector (the whole R-CNN, see :mod:`hieradet.export.detector`, or its backbone: trunk + FPN / simple
+feature pyramid) to ``torch.export`` (``.pt2``) and ONNX with dynamic image height and width, run the exported file,
+and compare it with the eager model.
 
 The exported graph takes what detectron2's model takes per image: one float32 ``(3, H, W)`` tensor, 0-255, in the
 config's ``input_format``, already resized by the test augmentation. Inside the graph it is normalised with the
@@ -8,10 +9,11 @@ square of a ``square_pad`` backbone) exactly as detectron2's ``ImageList`` does,
 ``min_size`` up to ``max_size``. The abs-win
 position embedding (tile + interpolate) is computed in the graph for the actual size (see
 :mod:`hieradet.modeling.windows` for what keeps the shape arithmetic symbolic). After export the program is
-checked: if a size was specialised to the traced one, export refuses instead of writing a file that would be wrong
-at other sizes.
+checked: if a size was specialised to the traced one, or the accepted range is narrower than asked, export refuses
+instead of writing a file that would be wrong (or refuse to run) at other sizes.
 """
 
+import contextlib
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -21,14 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "DETECTOR_UNSUPPORTED",
     "ExportError",
     "FeatureGraph",
     "build_model",
     "check_exported",
     "check_image",
+    "compare_detections",
     "compare_outputs",
+    "describe_detection_diffs",
     "export_features",
+    "export_graph",
     "export_model",
     "load_exported",
     "read_test_image",
@@ -129,6 +133,57 @@ def _check_dynamic(ep) -> None:
         )
 
 
+def input_range(ep, max_size: Optional[int] = None) -> Tuple[int, Optional[int]]:
+    """(smallest, largest) image side an exported program accepts (``max_size`` where it sets no upper bound)."""
+    inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+    lo, hi = 1, max_size
+    for s in inputs[0].meta["val"].shape[1:]:
+        vr = ep.range_constraints.get(s.node.expr) if isinstance(s, torch.SymInt) else None
+        if vr is not None:
+            lo = max(lo, int(vr.lower))
+            if vr.upper.is_finite:
+                hi = int(vr.upper) if hi is None else min(hi, int(vr.upper))
+    return lo, hi
+
+
+def _check_range(ep, min_size: int, max_size: int) -> None:
+    """Refuse a program that accepts fewer image sides than ``min_size..max_size`` (a shape computation in the
+    model added a bound, e.g. a feature map that must stay larger than one pixel)."""
+    lo, hi = input_range(ep, max_size)
+    if lo > min_size or hi < max_size:
+        raise ExportError(
+            f"the exported program accepts image sides of {lo}..{hi} px only, not the requested "
+            f"{min_size}..{max_size}: pass a min_size / max_size inside {lo}..{hi} (tools/export_model.py: "
+            "--min-size / --max-size)"
+        )
+
+
+def _nms_fake(dets, scores, iou_threshold):
+    torch._check(dets.dim() == 2 and dets.size(1) == 4 and scores.dim() == 1 and dets.size(0) == scores.size(0))
+    kept = torch.library.get_ctx().new_dynamic_size(min=0)
+    torch._check(kept <= dets.size(0))
+    return dets.new_empty(kept, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def _nms_may_keep_fewer_than_two():
+    """torchvision's fake ``nms`` (its shape function for tracing) declares at least 2 kept boxes (the legacy
+    ``create_unbacked_symint`` default), so an exported detector would stop with "Runtime assertion failed for
+    expression u >= 2" on an image with 0 or 1 detection. While tracing, a fake that allows 0..n is registered
+    on top of it (removed afterwards: torchvision's own comes back)."""
+    try:
+        import torchvision  # noqa: F401 - defines torchvision::nms
+    except ImportError:  # nothing to correct without torchvision
+        yield
+        return
+    lib = torch.library.Library("torchvision", "FRAGMENT")
+    try:
+        torch.library.register_fake("torchvision::nms", _nms_fake, lib=lib, allow_override=True)
+        yield
+    finally:
+        lib._destroy()
+
+
 def trace(module: nn.Module, example: torch.Tensor, min_size: int, max_size: int) -> "torch.export.ExportedProgram":
     """``torch.export`` of a per-image ``module`` with dynamic H and W in ``[min_size, max_size]``.
 
@@ -137,9 +192,10 @@ def trace(module: nn.Module, example: torch.Tensor, min_size: int, max_size: int
     """
     from torch.fx.experimental import _config as fx_config
 
-    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True), _nms_may_keep_fewer_than_two():
         ep = torch.export.export(module, (example,), dynamic_shapes=_dynamic_dims(min_size, max_size), strict=False)
     _check_dynamic(ep)
+    _check_range(ep, min_size, max_size)
     return ep
 
 
@@ -173,9 +229,22 @@ def export_features(
         min_size: smallest side accepted (default: twice the size divisibility).
         max_size: largest side accepted (the config's padded size).
     """
+    return export_graph(FeatureGraph(model).eval(), fmt, output_dir, example_hw, min_size, max_size)
+
+
+def export_graph(
+    graph: nn.Module,
+    fmt: str,
+    output_dir: str,
+    example_hw: Tuple[int, int] = (256, 256),
+    min_size: Optional[int] = None,
+    max_size: int = 1024,
+) -> str:
+    """Export a per-image ``graph`` (:class:`FeatureGraph` or :class:`~hieradet.export.DetectorGraph`: a module
+    taking one float32 ``(3, H, W)`` image, with ``size_divisibility``, ``square_size`` and ``output_names``) with
+    dynamic H and W in ``[min_size, max_size]``; returns the written path. Arguments as :func:`export_features`."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    graph = FeatureGraph(model).eval()
     if graph.square_size:
         if max_size > graph.square_size:
             raise ValueError(
@@ -183,7 +252,7 @@ def export_features(
                 f"image to that square, so images must be at most {graph.square_size} px per side"
             )
     if min_size is None:
-        min_size = 2 * graph.size_divisibility
+        min_size = getattr(graph, "min_size", 2 * graph.size_divisibility)
     if not (min_size <= min(example_hw) and max(example_hw) <= max_size):
         raise ValueError(f"example size {example_hw} must lie in [{min_size}, {max_size}]")
     example = torch.rand(3, *example_hw) * 255
@@ -197,7 +266,8 @@ def export_features(
     else:
         from torch.fx.experimental import _config as fx_config
 
-        with fx_config.patch(backed_size_oblivious=True):  # the decompositions retrace the program
+        # the decompositions retrace the program
+        with fx_config.patch(backed_size_oblivious=True), _nms_may_keep_fewer_than_two():
             onnx_program = torch.onnx.export(
                 ep,
                 (example,),
@@ -212,7 +282,7 @@ def export_features(
 
 
 class _OrtRunner:
-    def __init__(self, path: str, max_size: Optional[int]):
+    def __init__(self, path: str, max_size: Optional[int], min_size: int = 1):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - the export extra installs it
@@ -222,35 +292,37 @@ class _OrtRunner:
             ) from e
         opts = ort.SessionOptions()
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        self.max_size = max_size
+        self.max_size, self.min_size = max_size, min_size
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, image) -> List:
-        check_image(image, self.max_size)
+        check_image(image, self.max_size, self.min_size)
         arr = image.numpy() if isinstance(image, torch.Tensor) else image
         name = self.session.get_inputs()[0].name
         return [torch.from_numpy(o) for o in self.session.run(None, {name: arr})]
 
 
 class _Pt2Runner:
-    def __init__(self, path: str, max_size: Optional[int]):
-        self.module = torch.export.load(path).module()
-        self.max_size = max_size
+    def __init__(self, path: str, max_size: Optional[int], min_size: int = 1):
+        ep = torch.export.load(path)
+        self.module = ep.module()
+        lo, hi = input_range(ep, max_size)  # the program's own bounds: an image outside them is refused up front
+        self.max_size, self.min_size = hi, max(min_size, lo)
 
     def __call__(self, image) -> List:
-        check_image(image, self.max_size)
+        check_image(image, self.max_size, self.min_size)
         image = torch.as_tensor(image)
         with torch.no_grad():
             return list(self.module(image))
 
 
-def load_exported(path: str, max_size: Optional[int] = None):
+def load_exported(path: str, max_size: Optional[int] = None, min_size: int = 1):
     """A callable running an exported ``model.onnx`` (onnxruntime, CPU) or ``model.pt2``: ``run(image)`` checks
     the image (:func:`check_image`) and returns the outputs as a list of tensors."""
     if path.endswith(".onnx"):
-        return _OrtRunner(path, max_size)
+        return _OrtRunner(path, max_size, min_size)
     if path.endswith(".pt2"):
-        return _Pt2Runner(path, max_size)
+        return _Pt2Runner(path, max_size, min_size)
     raise ValueError(f"unknown exported file {path!r}: expected a .onnx or .pt2 file")
 
 
@@ -271,14 +343,6 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-DETECTOR_UNSUPPORTED = (
-    "whole-detector export (boxes, scores, classes, masks) is not supported yet: detectron2's proposal and ROI-head "
-    "post-processing branch on data (find_top_rpn_proposals tests `valid_mask.all()`, NMS and score filtering "
-    "give data-dependent counts, paste_masks_in_image loops in Python), which torch.export cannot trace with a "
-    "dynamic image size. Export the features with --backbone-only and run detectron2's heads on them"
-)
-
-
 def build_model(cfg, checkpoint: Optional[str] = None) -> nn.Module:
     """``cfg.model`` built with the layout of ``checkpoint`` and its weights loaded (as the demo does); eval mode.
 
@@ -297,20 +361,29 @@ def export_model(
     backbone_only: bool = False,
     max_size: Optional[int] = None,
     example_hw: Tuple[int, int] = (256, 256),
+    min_size: Optional[int] = None,
 ) -> Tuple[str, nn.Module]:
     """Build ``cfg.model`` with ``checkpoint`` and export it; returns ``(path, model)``.
 
-    ``max_size`` defaults to the config's test-time long edge (``ResizeShortestEdge.max_size``) rounded up to the
-    size divisibility, else 1024. Only ``backbone_only=True`` is supported (see :data:`DETECTOR_UNSUPPORTED`).
+    The whole detector (:class:`~hieradet.export.DetectorGraph`: boxes, scores, classes[, masks]) by default, the
+    backbone features (:class:`FeatureGraph`) with ``backbone_only=True``. ``max_size`` defaults to the config's
+    test-time long edge (``ResizeShortestEdge.max_size``) rounded up to the size divisibility, else 1024;
+    ``min_size`` to the graph's smallest side. The traced example is ``example_hw`` capped at ``max_size``.
+    A model part the detector graph does not re-implement raises :class:`ExportError` naming it.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    if not backbone_only:
-        raise ExportError(DETECTOR_UNSUPPORTED)
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     model = build_model(cfg, checkpoint)
     if max_size is None:
         max_size = config_max_size(cfg, model)
-    path = export_features(model, fmt, output_dir, example_hw=example_hw, max_size=max_size)
+    if backbone_only:
+        graph = FeatureGraph(model).eval()
+    else:
+        from .detector import DetectorGraph
+
+        graph = DetectorGraph(model).eval()
+    example_hw = tuple(min(int(s), max_size) for s in example_hw)
+    path = export_graph(graph, fmt, output_dir, example_hw=example_hw, min_size=min_size, max_size=max_size)
     return path, model
 
 
@@ -346,12 +419,53 @@ def read_test_image(cfg, model: nn.Module, path: str) -> torch.Tensor:
     return torch.as_tensor(inp.image.astype("float32").transpose(2, 0, 1).copy())
 
 
-def check_exported(path, model: nn.Module, images: Sequence[torch.Tensor], max_size: Optional[int] = None):
-    """Run the exported file (a path, or a runner from :func:`load_exported`) and the eager features on ``images``;
-    returns one dict of max differences per image."""
+def compare_detections(exported: Sequence[torch.Tensor], eager) -> Dict[str, float]:
+    """Differences between an exported detector's outputs ``(boxes, scores, classes[, masks])`` and detectron2's
+    ``Instances`` for the same image: ``n_exported``, ``n_eager``, and when the counts agree the largest ``boxes``
+    and ``scores`` differences, the number of differing ``classes`` and the smallest per-instance ``mask_iou``."""
+    n, m = int(exported[0].shape[0]), len(eager)
+    diffs = {"n_exported": float(n), "n_eager": float(m)}
+    if n != m:
+        return diffs
+    diffs["boxes"] = float((exported[0] - eager.pred_boxes.tensor).abs().max()) if n else 0.0
+    diffs["scores"] = float((exported[1] - eager.scores).abs().max()) if n else 0.0
+    diffs["classes"] = float((exported[2] != eager.pred_classes).sum())
+    if len(exported) > 3 and eager.has("pred_masks"):
+        a, b = exported[3].bool().flatten(1), eager.pred_masks.bool().flatten(1)
+        union = (a | b).sum(1)
+        iou = torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
+        diffs["mask_iou"] = float(iou.min()) if n else 1.0
+    return diffs
+
+
+def describe_detection_diffs(diffs: Dict[str, float]) -> str:
+    """One line for a :func:`compare_detections` result."""
+    n, m = int(diffs["n_exported"]), int(diffs["n_eager"])
+    if n != m:
+        return f"MISMATCH: {n} exported detections, {m} eager"
+    text = (
+        f"{n} detections as eager; max |boxes diff| {diffs['boxes']:.3g} px, max |scores diff| {diffs['scores']:.3g}, "
+        f"{int(diffs['classes'])} classes differ"
+    )
+    return text + (f", smallest mask IoU {diffs['mask_iou']:.4f}" if "mask_iou" in diffs else "")
+
+
+def check_exported(
+    path, model: nn.Module, images: Sequence[torch.Tensor], max_size: Optional[int] = None, detector: bool = False
+):
+    """Run the exported file (a path, or a runner from :func:`load_exported`) and the eager model on ``images``;
+    returns one dict of differences per image: per feature map (:func:`compare_outputs`) for a backbone file,
+    :func:`compare_detections` against ``model([{"image": image}])`` for a whole-detector file (``detector=True``;
+    the eager output size is the input size, so nothing is rescaled)."""
     run = load_exported(path, max_size) if isinstance(path, str) else path
-    graph = FeatureGraph(model).eval()
     results = []
+    if detector:
+        for image in images:
+            with torch.no_grad():
+                eager = model([{"image": image}])[0]["instances"]
+            results.append(compare_detections(run(image), eager))
+        return results
+    graph = FeatureGraph(model).eval()
     for image in images:
         with torch.no_grad():
             eager = graph(image)
