@@ -66,13 +66,6 @@ def test_one_window_compiles_once_more_then_reuses():
     torch._dynamo.reset()
 
 
-@pytest.mark.slow
-def test_backbone_compiles_with_inductor():
-    """The default backend (Inductor, C++ on the CPU): equal to eager within float tolerance at two sizes."""
-    _compiled_equals_eager(_trunk("hieradet"), SIZES[:2], "inductor", atol=1e-4)
-    torch._dynamo.reset()
-
-
 @pytest.fixture(scope="module")
 def train_name(tmp_path_factory):
     from hieradet.data import generate_synthetic_dataset, register_synthetic_dataset
