@@ -251,8 +251,15 @@ def _do_train(cfg, resume: bool, preemption) -> Dict[str, Dict[str, float]]:
     model = build_model(cfg)
     logger.info("Model:\n%s", model)
     # --- train.compile (deployment owner): compile the backbone in place (state-dict keys unchanged), whole graph
+    # with train.compile_backend (default "inductor"; "eager" / "aot_eager" trace without generating code)
     if cfg.train.get("compile", False):
-        model.backbone.compile(fullgraph=True)
+        backend = cfg.train.get("compile_backend", None) or "inductor"
+        if backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ValueError(
+                f"train.compile_backend={backend!r} is not a torch.compile backend; use one of "
+                f"{sorted(torch._dynamo.list_backends(exclude_tags=()))}"
+            )
+        model.backbone.compile(fullgraph=True, backend=backend)
     # --- end train.compile
 
     cfg.optimizer.params.model = model

@@ -26,7 +26,14 @@ __all__ = [
 
 def is_static(*sizes) -> bool:
     """Whether no size is symbolic (``torch.SymInt`` of ``torch.export`` / ``torch.compile(dynamic=True)``); eager
-    ints and ``torch.jit.trace``'s size tensors count as static."""
+    ints and ``torch.jit.trace``'s size tensors count as static.
+
+    Under ``torch.compile`` every size counts as symbolic: dynamo answers ``isinstance(size, torch.SymInt)`` with
+    False for its symbolic sizes (it reports them as ``int``), so the static branches would run on symbols and
+    install a guard per branch (``if pad_h:``), and tracing a tiny backbone with ``dynamic=True`` did not finish in
+    300 s. The traced branches are exact for static sizes too (zero-width pads, full crops)."""
+    if torch.compiler.is_dynamo_compiling():
+        return False
     return not any(isinstance(s, torch.SymInt) for s in sizes)
 
 
@@ -97,7 +104,21 @@ def _flatten_copy(x: torch.Tensor, shape) -> torch.Tensor:
     specialise the graph to the traced window count, and ONNX's decompositions cannot always view it."""
     if is_static(*x.shape):
         return x.reshape(shape)
-    return x.clone(memory_format=torch.contiguous_format).view(shape)
+    x = x.clone(memory_format=torch.contiguous_format)
+    if not torch.compiler.is_dynamo_compiling():
+        return x.view(shape)
+    # torch.compile: ``view`` re-checks the contiguity of the copy, which skips size-1 dims, so it guards on whether
+    # a window count is 1 and recompiles when an image crosses one window; the copy is contiguous by construction,
+    # so take its flat layout directly
+    known = 1
+    for s in shape:
+        known = known * (s if s != -1 else 1)
+    shape = [x.numel() // known if s == -1 else s for s in shape]
+    strides, step = [], 1
+    for s in reversed(shape):
+        strides.insert(0, step)
+        step = step * s
+    return x.as_strided(shape, strides)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
