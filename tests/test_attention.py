@@ -191,17 +191,17 @@ def test_workspace_is_reused_only_without_autograd():
     x = torch.randn(1, 6, 6, 8)
     with torch.inference_mode():
         first = attn(x)
-    buf = A._WORKSPACE.buffers[torch.float32]
+    buf = A._WORKSPACE.buffers[("relpos", torch.float32)]
     ptr = buf.data_ptr()
     assert buf.numel() == 1 * 2 * 36 * 36 and not buf.is_inference()
     with torch.no_grad():  # a buffer made in inference mode is writable outside it too
         second = attn(x)
-    assert A._WORKSPACE.buffers[torch.float32].data_ptr() == ptr
+    assert A._WORKSPACE.buffers[("relpos", torch.float32)].data_ptr() == ptr
     torch.testing.assert_close(second, first, rtol=0, atol=0)
     # a smaller map reuses the same memory
     with torch.inference_mode():
         attn(torch.randn(1, 4, 4, 8))
-    assert A._WORKSPACE.buffers[torch.float32].data_ptr() == ptr
+    assert A._WORKSPACE.buffers[("relpos", torch.float32)].data_ptr() == ptr
     # with autograd the mask is a fresh tensor: gradients reach the tables
     out = attn(x)
     out.sum().backward()

@@ -348,3 +348,24 @@ def test_weights_set_the_layout_and_are_loaded(tmp_path):
     assert torch.equal(pe.window_embed, bottom_up(source).pos_embed.window_embed)
     with pytest.raises(ValueError, match="need a LazyConfig"):
         bench.build("hieradet-t", weights=path)
+
+
+def test_profile_lists_the_ops_of_one_forward(cli):
+    res = cli.main(["hieradet-t", "--size", "64", "--iters", "1", "--warmup", "0", "--threads", "1", "--profile", "6"])
+    rows = res["models"][0]["profile"]
+    assert len(rows) == 6
+    assert [r["self_ms"] for r in rows] == sorted((r["self_ms"] for r in rows), reverse=True)
+    assert all(0 < r["share"] <= 1 and r["calls"] >= 1 for r in rows)
+    assert sum(r["share"] for r in rows) <= 1 + 1e-6
+    # the linear layers run as addmm on (tokens, in_features) inputs: 4 per block (qkv, proj, fc1, fc2) + 3
+    # shortcut projections at most
+    widths = {
+        m.in_features for m in bench.build("hieradet-t", img_size=64).module.modules() if hasattr(m, "in_features")
+    }
+    addmm = [r for r in rows if r["op"] == "aten::addmm"]
+    assert addmm and sum(r["calls"] for r in addmm) <= 4 * 12 + 3
+    assert all(any(len(s) == 2 and s[1] in widths for s in r["shapes"]) for r in addmm)
+    with pytest.raises(SystemExit):
+        cli.main(["hieradet-t", "--size", "64", "--profile", "3", "--train"])
+    with pytest.raises(ValueError, match="top must be >= 1"):
+        bench.profile_inference(bench.build("hieradet-t", img_size=64), top=0)

@@ -71,6 +71,9 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--isolate", action="store_true", help="each model in a fresh process of its own")
     ap.add_argument("--rounds", type=int, default=2, help="--isolate: processes per model, in turn")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="after timing: each model's top N ops by self time"
+    )
     ap.add_argument("--json", help="write the results to this JSON file")
     return ap
 
@@ -90,6 +93,10 @@ def main(argv: Optional[Sequence[str]] = None):
             ap.error(f"{name} must be >= 1, got {v}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda requested but no CUDA device is available")
+    if args.profile < 0:
+        ap.error(f"--profile must be >= 0, got {args.profile}")
+    if args.profile and args.train:
+        ap.error("--profile profiles one inference forward; drop --train")
     if args.isolate and args.train:
         ap.error("--isolate times inference; --train already runs one model at a time")
     return run_benchmark(args, command="python tools/benchmark.py " + " ".join(argv))

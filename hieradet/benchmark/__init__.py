@@ -5,7 +5,7 @@
 * :mod:`.models`: :func:`build` a preset or LazyConfig as a backbone or a whole detector (:class:`Benchmarked`);
 * :mod:`.timing`: alternating inference, training steps (inside an ``EventStorage``), peak memory, matmul rate;
 * :mod:`.isolate`: every model in fresh processes of its own;
-* :mod:`.flops`: fvcore parameter and multiply-add counts;
+* :mod:`.flops`: fvcore parameter and multiply-add counts; :mod:`.profile`: the ops one forward spends its time in;
 * :mod:`.report`: saved results as a markdown table and a plot; :mod:`.run`: one whole run.
 """
 
@@ -13,6 +13,7 @@ from .flops import count_flops, count_params, sdpa_flop_jit
 from .isolate import child_settings, isolated_times
 from .models import Benchmarked, build, load_config, prepare_config
 from .presets import PRESETS, build_backbone, model_config, parse_preset
+from .profile import profile_inference
 from .report import load_results, markdown_table, plot_results
 from .run import machine_description, run_benchmark
 from .timing import PeakRSS, matmul_peak, summarize, time_inference, time_training
@@ -36,6 +37,7 @@ __all__ = [
     "parse_preset",
     "plot_results",
     "prepare_config",
+    "profile_inference",
     "run_benchmark",
     "sdpa_flop_jit",
     "summarize",

@@ -11,6 +11,7 @@ import torch
 from .flops import count_flops
 from .isolate import isolated_times
 from .models import build
+from .profile import profile_inference
 from .timing import matmul_peak, summarize, time_inference, time_training
 
 __all__ = ["run_benchmark", "machine_description"]
@@ -40,8 +41,8 @@ def run_benchmark(args, command: str = "", log=print) -> dict:
     """Runs the benchmark ``args`` describe (the options of ``tools/benchmark.py``, as an ``argparse.Namespace``:
     ``model``, ``compare``, ``part``, ``size``, ``batch``, ``dtype``, ``device``, ``iters``, ``warmup``, ``discard``,
     ``threads``, ``timer``, ``seed``, ``train``, ``flops``, ``matmul_peak``, ``no_full_detections``, ``opts``,
-    ``weights`` (optional), ``isolate``, ``rounds``, ``json``) and returns the results; writes them to ``args.json``
-    if set."""
+    ``weights`` (optional), ``isolate``, ``rounds``, ``profile`` (optional), ``json``) and returns the results;
+    writes them to ``args.json`` if set."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -88,6 +89,13 @@ def run_benchmark(args, command: str = "", log=print) -> dict:
         if args.flops:
             for m, entry in zip(models, result["models"]):
                 _add_flops(m, entry, result.get("matmul_gflops"), log)
+        if getattr(args, "profile", 0):
+            for m, entry in zip(models, result["models"]):
+                entry["profile"] = profile_inference(m, args.batch, args.device, args.dtype, args.profile)
+                log(f"{m.name}: top {args.profile} ops of one forward by self time")
+                for r in entry["profile"]:
+                    shapes = " ".join("x".join(map(str, s)) for s in r["shapes"])
+                    log(f"  {100 * r['share']:5.1f}% {r['self_ms']:9.1f} ms {r['calls']:4d}x {r['op']:40s} {shapes}")
     base = result["models"][0]
     for other in result["models"][1:]:
         if args.train:

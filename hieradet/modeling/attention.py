@@ -23,7 +23,6 @@ plain reference written in the test):
   the SDPA kernels take the mask's gradient themselves and the mask is built as at inference.
 """
 
-import threading
 from typing import Optional, Tuple
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from .layers import needs_grad
+from .layers import _WORKSPACE, clear_workspace, needs_grad, set_workspace_enabled, workspace_linear
 from .windows import _flatten_copy, is_static, pool_hw
 
 __all__ = ["Attention", "clear_workspace", "rel_pos_bias", "rel_pos_lookup", "set_workspace_enabled"]
@@ -186,42 +185,6 @@ class _RelPosAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, grad_bh, grad_bw
 
 
-class _Workspace(threading.local):
-    """Per-thread reusable CPU buffers for inference (one per dtype), grown on demand."""
-
-    enabled = True
-
-    def __init__(self):
-        self.buffers = {}
-
-    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> Optional[torch.Tensor]:
-        if not _Workspace.enabled or device.type != "cpu":
-            return None  # GPU caching allocators already reuse memory
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-            return None  # a graph must not capture the buffer
-        buf = self.buffers.get(dtype)
-        if buf is None or buf.numel() < numel:
-            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
-                buf = torch.empty(numel, dtype=dtype, device=device)
-            self.buffers[dtype] = buf
-        return buf[:numel]
-
-
-_WORKSPACE = _Workspace()
-
-
-def clear_workspace() -> None:
-    """Free this thread's inference workspace (the relpos mask buffer)."""
-    _WORKSPACE.buffers.clear()
-
-
-def set_workspace_enabled(enabled: bool) -> None:
-    """Turn the inference workspace on (default) or off (a fresh mask on every forward)."""
-    _Workspace.enabled = bool(enabled)
-    if not enabled:
-        clear_workspace()
-
-
 class Attention(nn.Module):
     """Multi-head attention on a BHWC map, with optional query pooling and relative position bias.
 
@@ -270,7 +233,8 @@ class Attention(nn.Module):
         B, H, W, _ = x.shape
         dim_out = self.num_heads * self.head_dim
         # (B, HW, 3, heads, hd) view; q, k, v stay strided views of it
-        q, k, v = self.qkv(x).view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
+        # at inference on CPU the projection is written into a reused workspace (q, k, v are consumed here)
+        q, k, v = workspace_linear(self.qkv, x, "qkv").view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
         qh, qw = H, W
         if self.q_stride > 1:
             q = pool_hw(q.reshape(B, H, W, dim_out), self.q_stride)
@@ -280,7 +244,7 @@ class Attention(nn.Module):
         if not self.use_rel_pos:
             x = F.scaled_dot_product_attention(q, k, v)
         elif not needs_grad(q, self.rel_pos_h, self.rel_pos_w):
-            out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device)
+            out = _WORKSPACE.get(B * self.num_heads * qh * qw * H * W, q.dtype, q.device, "relpos")
             bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (qh, qw), (H, W), out=out)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         elif q.device.type == "cpu":  # training on CPU: no (B, heads, Lq, Lk) tensor kept for backward

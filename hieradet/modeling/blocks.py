@@ -13,12 +13,24 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .layers import DropPath, LayerNorm, Mlp
-from .windows import avg_pool_hw, pool_hw, window_partition, window_unpartition
+from .layers import DropPath, LayerNorm, Mlp, needs_grad
+from .windows import avg_pool_hw, is_static, pool_hw, window_partition, window_unpartition, window_unpartition_view
 
 __all__ = ["RELPOS_MODES", "Block", "plain_vit_blocks", "uses_rel_pos"]
 
 RELPOS_MODES = ("global", "all", "none")
+
+
+def _in_place_ok(out: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether the residual sum ``out + other`` may be written into ``out`` (a fresh branch output): no autograd,
+    no graph capture, and the sum keeps ``out``'s dtype and shape (under autocast a branch may be in half
+    precision while the residual stream is fp32; the out-of-place sum then promotes)."""
+    return (
+        not needs_grad(out, other)
+        and not torch.compiler.is_compiling()
+        and out.dtype == other.dtype
+        and out.shape == other.shape
+    )
 
 
 class Block(nn.Module):
@@ -105,16 +117,29 @@ class Block(nn.Module):
             shortcut = torch.cat([pool_hw(shortcut, self.q_stride), avg_pool_hw(shortcut, self.q_stride)], dim=-1)
         elif self.q_stride > 1:
             shortcut = pool_hw(shortcut, self.q_stride)
-        H, W = x.shape[1:3]
         if self.window_size:
             x, pad_hw = window_partition(x, self.window_size)
         x = self.attn(x)
         if self.window_size:
             ws = self.window_size // self.q_stride
             Hp, Wp = pad_hw[0] // self.q_stride, pad_hw[1] // self.q_stride
-            x = window_unpartition(x, ws, (Hp, Wp), shortcut.shape[1:3], contiguous=False)
-        x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            if is_static(Hp, Wp) and (Hp, Wp) == tuple(shortcut.shape[1:3]) and shortcut.is_contiguous():
+                # no padding: add the windows to the shortcut in window order, which writes the map's row-major
+                # layout directly (no separate reassembly copy)
+                B, C = shortcut.shape[0], shortcut.shape[-1]
+                win = window_unpartition_view(x, ws, (Hp, Wp))  # (B, nh, ws, nw, ws, C) view
+                x = (shortcut.view(win.shape) + self.drop_path(win)).view(B, Hp, Wp, C)
+            else:
+                x = window_unpartition(x, ws, (Hp, Wp), shortcut.shape[1:3], contiguous=False)
+                x = shortcut + self.drop_path(x)
+        elif _in_place_ok(x, shortcut):  # inference: the attention output is this block's own fresh tensor
+            x = self.drop_path(x).add_(shortcut)
+        else:
+            x = shortcut + self.drop_path(x)
+        y = self.drop_path(self.mlp(self.norm2(x)))
+        if _in_place_ok(y, x):  # inference: the MLP output is this block's own fresh tensor
+            return y.add_(x)
+        return x + y
 
     def extra_repr(self) -> str:
         if self.dim == self.dim_out or self.expand_proj:

@@ -253,7 +253,7 @@ class HieraDet(PaddedBackbone):
         if x.dim() != 4:
             raise ValueError(f"HieraDet expects (B, C, H, W) images, got shape {tuple(x.shape)}")
         x = self.patch_embed(x)  # B, H/4, W/4, C
-        x = x + self.pos_embed(x.shape[1:3])
+        x = self.pos_embed(x.shape[1:3]) + x  # pos first: the sum is contiguous BHWC (AbsWinPosEmbed.forward)
         outputs = {}
         stage_names = {end: f"scale{k + 2}" for k, end in enumerate(self.stage_ends)}
         for i, blk in enumerate(self.blocks):

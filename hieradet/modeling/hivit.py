@@ -295,7 +295,7 @@ class HiViT(PaddedBackbone):
         if min(x.shape[-2:]) < self.patch_embed.proj.stride[0]:
             raise ValueError(f"image of size {tuple(x.shape[-2:])} is smaller than the stem's patch size")
         x4, x8, x = self.patch_embed(x)
-        x = x + self.pos_embed(x.shape[1:3])
+        x = self.pos_embed(x.shape[1:3]) + x  # pos first: the sum is contiguous BHWC (AbsWinPosEmbed.forward)
         for blk in self.blocks:
             x = blk(x)
         maps = {"scale2": x4, "scale3": x8, "scale4": x}

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import needs_grad
 from .windows import ceil_div, is_static
 
 __all__ = [
@@ -60,6 +61,11 @@ def _pair(x) -> Optional[Tuple[int, int]]:
     if isinstance(x, int):
         return (x, x)
     return (int(x[0]), int(x[1]))
+
+
+def _tracing() -> bool:
+    """Whether a graph is being captured (``torch.jit`` / ``torch.compile`` / ``torch.export``): nothing cached."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
 def tile_embed(embed: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -163,9 +169,28 @@ class AbsWinPosEmbed(nn.Module):
         return tile_embed(self.pretrain_embed(), hw)  # "abswin"
 
     def forward(self, hw: Tuple[int, int], mode: Optional[str] = None) -> torch.Tensor:
-        """The embedding of an ``hw`` feature map as (1, h, w, C) (BHWC, ready to add); ``mode`` as in
-        :meth:`embed`."""
-        return self.embed(hw, mode).permute(0, 2, 3, 1)
+        """The embedding of an ``hw`` feature map as a contiguous (1, h, w, C) tensor (BHWC, ready to add);
+        ``mode`` as in :meth:`embed`.
+
+        Without autograd (inference) the result is cached: it is recomputed only when the size, the mode, the
+        weights (their storage or in-place version: an optimizer step, ``load_state_dict``), their dtype or
+        device change. The cached tensor is shared between calls: add it, never modify it in place.
+        Add it as ``pos + x``: the sum then takes ``pos``'s contiguous layout even when ``x`` is the BHWC view of
+        a channels-first convolution output (``x + pos`` would keep ``x``'s strides, and every later elementwise
+        op on the map would pay for the transposed access).
+        """
+        params = [p for p in (self.window_embed, self.global_embed) if p is not None]
+        if needs_grad(*params) or not is_static(*hw) or _tracing():
+            return self.embed(hw, mode).permute(0, 2, 3, 1).contiguous()
+        mode = self.mode if mode is None else mode
+        key = (int(hw[0]), int(hw[1]), mode, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+        cache = self.__dict__.get("_inference_cache")
+        # the parameter objects are kept with the key, so a replaced parameter cannot reuse a freed address
+        if cache is None or cache[0] != key or any(a is not b for a, b in zip(cache[1], params)):
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable in and out of inference mode
+                cache = (key, tuple(params), self.embed(hw, mode).permute(0, 2, 3, 1).contiguous())
+            self.__dict__["_inference_cache"] = cache  # not a buffer: no state-dict entry, not moved by .to()
+        return cache[2]
 
     def tiled_grid(self) -> Optional[Tuple[int, int]]:
         """The grid this embedding tiles over the map in its mode, which windows must line up with: the

@@ -110,7 +110,7 @@ class ViT(PaddedBackbone):
         if x.dim() != 4:
             raise ValueError(f"ViT expects (B, C, H, W) images, got shape {tuple(x.shape)}")
         x = self.patch_embed(x)
-        x = x + self.pos_embed(x.shape[1:3])
+        x = self.pos_embed(x.shape[1:3]) + x  # pos first: the sum is contiguous BHWC (AbsWinPosEmbed.forward)
         for blk in self.blocks:
             x = blk(x)
         return {self._out_features[0]: x.permute(0, 3, 1, 2)}

@@ -21,6 +21,7 @@ __all__ = [
     "pool_hw",
     "window_partition",
     "window_unpartition",
+    "window_unpartition_view",
 ]
 
 
@@ -133,6 +134,15 @@ def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, T
         x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
     x = x.view(B, nh, window_size, nw, window_size, C).permute(0, 1, 3, 2, 4, 5)
     return _flatten_copy(x, (-1, window_size, window_size, C)), (Hp, Wp)
+
+
+def window_unpartition_view(windows: torch.Tensor, window_size: int, pad_hw: Tuple[int, int]) -> torch.Tensor:
+    """The windows of :func:`window_partition` as a (B, Hp / ws, ws, Wp / ws, ws, C) view in map order, without
+    copying: ``view(B, Hp, Wp, C)`` of a contiguous copy of it is :func:`window_unpartition`'s uncropped map."""
+    Hp, Wp = pad_hw
+    nh, nw = Hp // window_size, Wp // window_size
+    B = windows.shape[0] // (nh * nw)
+    return windows.view(B, nh, nw, window_size, window_size, -1).permute(0, 1, 3, 2, 4, 5)
 
 
 def window_unpartition(
