@@ -10,6 +10,9 @@ first ``--discard`` fraction is dropped and the median and interquartile spread 
 prints ratios. ``--isolate``: every model in fresh processes of its own, ``--rounds`` times. ``--train``: forward
 + backward + AdamW step inside a detectron2 ``EventStorage``, iterations/s and peak memory (CUDA: allocated; CPU:
 resident-set growth). ``--flops``: achieved GFLOP/s (fvcore); ``--matmul-peak``: this machine's matmul rate.
+``--runtimes eager compiled torch_export onnxruntime``: each model also under
+``torch.compile`` and as an exported ``.pt2`` / ONNX file (a detector exported whole), alternately on the same
+images (:mod:`hieradet.benchmark.runtimes`).
 
 ``benchmark.py eval [...]`` times COCO / LVIS scoring, reference vs faster-coco-eval
 (:mod:`hieradet.benchmark.scoring`).
@@ -21,6 +24,7 @@ Examples::
     python tools/benchmark.py hieradet-b --compare sam2-hiera-b d2-vitdet-b --size 1024 --iters 8
     python tools/benchmark.py COCO/mask_rcnn_hieradet_b_100ep.py --part model --compare d2-vitdet-b
     python tools/benchmark.py hieradet-b --compare d2-vitdet-b --part model --train --size 1024
+    python tools/benchmark.py COCO/mask_rcnn_hieradet_t_100ep.py --part model --runtimes eager torch_export onnxruntime
 """
 
 import argparse
@@ -29,7 +33,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from hieradet.benchmark import markdown_table, plot_results, run_benchmark
+from hieradet.benchmark import RUNTIMES, markdown_table, plot_results, run_benchmark
 
 
 def report_main(argv: Sequence[str]):
@@ -74,6 +78,14 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--profile", type=int, default=0, metavar="N", help="after timing: each model's top N ops by self time"
     )
+    ap.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["eager"],
+        choices=RUNTIMES,
+        help="run each model in these runtimes, alternately, on the same images (a detector: exported whole)",
+    )
+    ap.add_argument("--compile-backend", default="inductor", help="the torch.compile backend of --runtimes compiled")
     ap.add_argument("--json", help="write the results to this JSON file")
     return ap
 

@@ -16,9 +16,13 @@ from .presets import PRESETS, build_backbone, model_config, parse_preset
 from .profile import profile_inference
 from .report import load_results, markdown_table, plot_results
 from .run import machine_description, run_benchmark
+from .runtimes import RUNTIMES, with_runtime, with_runtimes
 from .timing import PeakRSS, matmul_peak, summarize, time_inference, time_training
 
 __all__ = [
+    "RUNTIMES",
+    "with_runtime",
+    "with_runtimes",
     "PRESETS",
     "Benchmarked",
     "PeakRSS",

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import tempfile
 import time
 from typing import Dict, Optional
 
@@ -12,6 +13,7 @@ from .flops import count_flops
 from .isolate import isolated_times
 from .models import build
 from .profile import profile_inference
+from .runtimes import with_runtimes
 from .timing import matmul_peak, summarize, time_inference, time_training
 
 __all__ = ["run_benchmark", "machine_description"]
@@ -41,14 +43,20 @@ def run_benchmark(args, command: str = "", log=print) -> dict:
     """Runs the benchmark ``args`` describe (the options of ``tools/benchmark.py``, as an ``argparse.Namespace``:
     ``model``, ``compare``, ``part``, ``size``, ``batch``, ``dtype``, ``device``, ``iters``, ``warmup``, ``discard``,
     ``threads``, ``timer``, ``seed``, ``train``, ``flops``, ``matmul_peak``, ``no_full_detections``, ``opts``,
-    ``weights`` (optional), ``isolate``, ``rounds``, ``profile`` (optional), ``json``) and returns the results;
-    writes them to ``args.json`` if set."""
+    ``weights`` (optional), ``isolate``, ``rounds``, ``profile`` (optional), ``runtimes`` and ``compile_backend``
+    (optional), ``json``) and returns the results; writes them to ``args.json`` if set."""
+    runtimes = list(getattr(args, "runtimes", None) or ["eager"])
+    if runtimes != ["eager"] and (args.train or args.isolate):
+        raise ValueError("--runtimes times inference in this process: it cannot be combined with --train or --isolate")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     specs = [args.model] + list(args.compare)
     weights = [getattr(args, "weights", None)] + [None] * len(args.compare)  # --weights: the first model's
     models = [build(s, args.part, args.size, args.opts, not args.no_full_detections, w) for s, w in zip(specs, weights)]
+    workdir = tempfile.TemporaryDirectory(prefix="hieradet_runtimes_")  # exported files, removed at the end
+    if runtimes != ["eager"]:
+        models = with_runtimes(models, runtimes, workdir.name, getattr(args, "compile_backend", "inductor"))
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine_description(args.device),
@@ -104,6 +112,7 @@ def run_benchmark(args, command: str = "", log=print) -> dict:
             ratio = other["median_ms"] / base["median_ms"]
         other["ratio_vs_first"] = ratio
         log(f"{other['name']} / {base['name']}: {ratio:.3f}x the time of {base['name']}")
+    workdir.cleanup()
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
