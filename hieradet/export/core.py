@@ -80,6 +80,10 @@ class FeatureGraph(nn.Module):
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().reshape(-1, 1, 1), persistent=False)
         self.size_divisibility, self.square_size = _divisibility(self.backbone)
         self.output_names = sorted(self.backbone.output_shape())
+        # smallest side the program takes: the coarsest feature map at least 1 px (torch.export bounds smaller
+        # sizes away), and two size-divisibility steps
+        strides = [s.stride for s in self.backbone.output_shape().values() if s.stride]
+        self.min_size = max([2 * self.size_divisibility] + strides)
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = (image - self.pixel_mean) / self.pixel_std
@@ -226,7 +230,7 @@ def export_features(
         fmt: ``"onnx"`` (``DIR/model.onnx``, opset 18) or ``"torch_export"`` (``DIR/model.pt2``).
         output_dir: directory to write to (created).
         example_hw: size of the traced example; any size in range works, the file is dynamic.
-        min_size: smallest side accepted (default: twice the size divisibility).
+        min_size: smallest side accepted (default: the coarsest stride, at least twice the size divisibility).
         max_size: largest side accepted (the config's padded size).
     """
     return export_graph(FeatureGraph(model).eval(), fmt, output_dir, example_hw, min_size, max_size)
