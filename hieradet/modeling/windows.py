@@ -102,8 +102,10 @@ def avg_pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
 def _flatten_copy(x: torch.Tensor, shape) -> torch.Tensor:
     """``x.reshape(shape)`` of a permuted map. With symbolic sizes it always copies: ``reshape`` would ask whether
     the permuted map happens to be contiguous (it is when a single window covers the map), a guard that would
-    specialise the graph to the traced window count, and ONNX's decompositions cannot always view it."""
-    if is_static(*x.shape):
+    specialise the graph to the traced window count, and ONNX's decompositions cannot always view it. Under
+    ``torch.export`` it copies at static sizes too: ONNX's decompositions retrace ``reshape`` size-obliviously and
+    turned a non-viewable one into a failing ``view`` (the stock configs' square-padded 1024 px backbone)."""
+    if is_static(*x.shape) and not torch.compiler.is_exporting():
         return x.reshape(shape)
     x = x.clone(memory_format=torch.contiguous_format)
     if not torch.compiler.is_dynamo_compiling():
