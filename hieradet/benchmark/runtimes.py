@@ -42,9 +42,9 @@ class _Compiled(Benchmarked):
         target = getattr(m.module, "backbone", None) if m.kind == "model" else None
         # a detector: only its backbone is compiled (what ``train.compile`` does); the heads' data-dependent
         # post-processing stays eager
-        self._forward = m.module.forward
         if target is not None:
             m.module.backbone = torch.compile(target, backend=backend, dynamic=True)
+            self._forward = m.module.forward
         else:
             self._forward = torch.compile(m.module, backend=backend, dynamic=True)
 
