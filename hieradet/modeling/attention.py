@@ -230,11 +230,16 @@ class Attention(nn.Module):
                 nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, _ = x.shape
+        # at inference on CPU the projection is written into a reused workspace (q, k, v are consumed here)
+        return self.attend(workspace_linear(self.qkv, x, "qkv"))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The attention and output projection from the qkv projection ``qkv`` (B, H, W, 3 * dim_out) of the
+        input map (for callers that compute ``qkv`` themselves, e.g. fused with the norm before it)."""
+        B, H, W, _ = qkv.shape
         dim_out = self.num_heads * self.head_dim
         # (B, HW, 3, heads, hd) view; q, k, v stay strided views of it
-        # at inference on CPU the projection is written into a reused workspace (q, k, v are consumed here)
-        q, k, v = workspace_linear(self.qkv, x, "qkv").view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k, v = qkv.view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
         qh, qw = H, W
         if self.q_stride > 1:
             q = pool_hw(q.reshape(B, H, W, dim_out), self.q_stride)
