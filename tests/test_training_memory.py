@@ -200,3 +200,27 @@ def test_mlp_from_hidden_is_the_mlp_after_fc1():
     assert torch.equal(mlp(x), mlp.from_hidden(mlp.fc1(x)))
     with torch.no_grad():
         assert torch.equal(mlp.from_hidden(mlp.fc1(x)), mlp.fc2(F.gelu(mlp.fc1(x))))
+
+
+@pytest.mark.parametrize("hw,stride", [((7, 6), 2), ((9, 8), 3)])
+def test_pool_hw_training_keeps_only_the_winning_cell(hw, stride):
+    """Max pooling with autograd on CPU: the values of the inference path, the gradient of ``F.max_pool2d``
+    (first maximum of a cell on ties), and one byte per output kept instead of the input and the row maxima."""
+    from hieradet.modeling import windows
+
+    torch.manual_seed(0)
+    x = torch.randn(2, *hw, 5)
+    x[0, 0, 0], x[0, 0, 1] = 1.5, 1.5  # a tie inside the first cell
+    x1 = x.clone().requires_grad_(True)
+    out, kept = _saved(windows.pool_hw, x1, stride)
+    assert torch.equal(out, windows._pool_hw(x, stride))
+    assert [t.dtype for t in kept] == [torch.uint8] and kept[0].numel() == out.numel()
+    _, kept_plain = _saved(windows._pool_hw, x1, stride)  # the chain of maxima keeps float maps
+    assert sum(t.numel() for t in kept_plain if t.is_floating_point()) >= x.numel()
+    w = torch.randn(out.shape)
+    (grad,) = torch.autograd.grad((out * w).sum(), x1)
+    x2 = x.clone().requires_grad_(True)
+    ref = F.max_pool2d(x2.permute(0, 3, 1, 2), stride, stride, ceil_mode=True).permute(0, 2, 3, 1)
+    (ref_grad,) = torch.autograd.grad((ref * w).sum(), x2)
+    assert torch.equal(grad, ref_grad)
+    assert grad[0, 0, 1].abs().sum() == 0 and grad[0, 0, 0].abs().sum() > 0  # the tie: the first one wins
