@@ -193,13 +193,21 @@ def test_block_under_autocast_and_activation_checkpointing():
     assert torch.isfinite(xa.grad).all() and all(torch.isfinite(p.grad).all() for p in block.parameters())
 
 
-def test_mlp_from_hidden_is_the_mlp_after_fc1():
-    mlp = layers.Mlp(6, 10)
+def test_mlp_and_attention_take_a_precomputed_projection():
+    """``Mlp(h, hidden=True)`` / ``Attention(qkv, projected=True)`` are the modules after fc1 / qkv (what the block
+    passes them when it fuses those projections with the norm before them)."""
+    from hieradet.modeling.attention import Attention
+
+    mlp, attn = layers.Mlp(6, 10), Attention(6, 8, 2, q_stride=2)
     _randomise(mlp, seed=2)
-    x = torch.randn(3, 6, requires_grad=True)
-    assert torch.equal(mlp(x), mlp.from_hidden(mlp.fc1(x)))
+    _randomise(attn, seed=4)
+    x = torch.randn(2, 4, 5, 6, requires_grad=True)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            assert torch.equal(mlp(x), mlp(mlp.fc1(x), hidden=True))
+            assert torch.equal(attn(x), attn(attn.qkv(x), projected=True))
     with torch.no_grad():
-        assert torch.equal(mlp.from_hidden(mlp.fc1(x)), mlp.fc2(F.gelu(mlp.fc1(x))))
+        assert torch.equal(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))))
 
 
 @pytest.mark.parametrize("hw,stride", [((7, 6), 2), ((9, 8), 3)])

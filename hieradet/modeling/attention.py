@@ -229,13 +229,13 @@ class Attention(nn.Module):
                 nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """Args:
+        x: the input map (B, H, W, dim), or with ``projected=True`` its qkv projection (B, H, W, 3 * dim_out)
+            computed by the caller (:class:`.blocks.Block` fuses it with the norm before it in CPU training).
+        """
         # at inference on CPU the projection is written into a reused workspace (q, k, v are consumed here)
-        return self.attend(workspace_linear(self.qkv, x, "qkv"))
-
-    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """The attention and output projection from the qkv projection ``qkv`` (B, H, W, 3 * dim_out) of the
-        input map (for callers that compute ``qkv`` themselves, e.g. fused with the norm before it)."""
+        qkv = x if projected else workspace_linear(self.qkv, x, "qkv")
         B, H, W, _ = qkv.shape
         dim_out = self.num_heads * self.head_dim
         # (B, HW, 3, heads, hd) view; q, k, v stay strided views of it

@@ -128,7 +128,7 @@ class Block(nn.Module):
             if self.proj is not None:
                 qkv, projected = qkv
                 shortcut = pool_hw(projected, self.q_stride)
-            x = self.attn.attend(qkv)
+            x = self.attn(qkv, projected=True)
         else:
             x = self.norm1(x)
             if self.proj is not None:
@@ -160,7 +160,7 @@ class Block(nn.Module):
             x = shortcut + self.drop_path(x)
         if norm_linear_ok(self.norm2, x, self.mlp.fc1):
             # training on CPU: norm2 -> fc1 keeping only norm2's input (the normalised map is recomputed)
-            y = self.drop_path(self.mlp.from_hidden(norm_linear(x, self.norm2, self.mlp.fc1)))
+            y = self.drop_path(self.mlp(norm_linear(x, self.norm2, self.mlp.fc1), hidden=True))
         else:
             y = self.drop_path(self.mlp(self.norm2(x)))
         if _in_place_ok(y, x):  # inference: the MLP output is this block's own fresh tensor

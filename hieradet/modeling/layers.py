@@ -273,18 +273,23 @@ class Mlp(nn.Module):
         self.act = act_layer()
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """Args:
+        x: the input (..., dim), or with ``hidden=True`` fc1's output computed by the caller
+            (:class:`.blocks.Block` fuses fc1 with the norm before it in CPU training).
+        """
+        if hidden:
+            return self._from_hidden(x)
         if type(self.act) is not nn.GELU:
             return self.fc2(self.act(self.fc1(x)))
         if not needs_grad(x, *self.fc1.parameters()):
             # inference: the hidden activation in the reused workspace (CPU), GELU in place on it
             h = workspace_linear(self.fc1, x, "hidden")
             return self.fc2(torch._C._nn.gelu_(h, approximate=self.act.approximate))
-        return self.from_hidden(self.fc1(x))
+        return self._from_hidden(self.fc1(x))
 
-    def from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        """``fc2(act(h))`` of fc1's output ``h`` (for callers that compute fc1 themselves, e.g. fused with the
-        norm before it); with autograd on CPU and GELU, the GELU output is recomputed in backward, not kept."""
+    def _from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """``fc2(act(h))``; with autograd on CPU and GELU, the GELU output is recomputed in backward, not kept."""
         if (
             type(self.act) is nn.GELU
             and needs_grad(h, *self.fc2.parameters())
