@@ -232,3 +232,33 @@ def test_pool_hw_training_keeps_only_the_winning_cell(hw, stride):
     (ref_grad,) = torch.autograd.grad((ref * w).sum(), x2)
     assert torch.equal(grad, ref_grad)
     assert grad[0, 0, 1].abs().sum() == 0 and grad[0, 0, 0].abs().sum() > 0  # the tie: the first one wins
+
+
+def test_pooled_attention_training_keeps_no_unpooled_queries(monkeypatch):
+    """With query pooling, CPU training keeps k and v but not the unpooled q third of the qkv projection (the
+    k / v views would keep the whole projection alive); output bitwise the inference path's, gradients the plain
+    path's."""
+    from hieradet.modeling.attention import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(8, 8, 2, q_stride=2)
+    _randomise(attn, seed=6)
+    x = torch.randn(2, 6, 6, 8)
+    qkv_bytes = 2 * 6 * 6 * 24 * 4
+    with torch.no_grad():
+        expected = attn(x)
+    params = list(attn.parameters())
+    x1 = x.clone().requires_grad_(True)
+    out, kept = _saved(attn, x1)
+    assert torch.equal(out, expected)
+    assert max(t.untyped_storage().nbytes() for t in kept) == qkv_bytes * 2 // 3  # k and v only
+    grads = torch.autograd.grad((out * torch.cos(out.detach())).sum(), [x1] + params)
+    with monkeypatch.context() as m:  # the plain path (as traced graphs run it) keeps the whole projection
+        m.setattr(torch.compiler, "is_compiling", lambda: True)
+        x2 = x.clone().requires_grad_(True)
+        ref, kept_ref = _saved(attn, x2)
+        ref_grads = torch.autograd.grad((ref * torch.cos(ref.detach())).sum(), [x2] + params)
+    assert max(t.untyped_storage().nbytes() for t in kept_ref) == qkv_bytes
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)

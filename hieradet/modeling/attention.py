@@ -245,6 +245,10 @@ class Attention(nn.Module):
             q = pool_hw(q.reshape(B, H, W, dim_out), self.q_stride)
             qh, qw = q.shape[1:3]
             q = q.view(B, qh * qw, self.num_heads, self.head_dim)
+            if needs_grad(qkv) and qkv.device.type == "cpu" and not torch.compiler.is_compiling():
+                # training on CPU: k and v copied out of the projection, so that its (unpooled) q third is not
+                # kept alive for backward by the k / v views (the pooled q is a tensor of its own)
+                k, v = qkv.view(B, H * W, 3, self.num_heads, self.head_dim)[:, :, 1:].contiguous().unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
         if not self.use_rel_pos:
             x = F.scaled_dot_product_attention(q, k, v)
