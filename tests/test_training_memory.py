@@ -262,3 +262,34 @@ def test_pooled_attention_training_keeps_no_unpooled_queries(monkeypatch):
     assert torch.equal(out, ref)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "where", ["norm1", "attn.qkv", "attn", "proj", "norm2", "mlp", "mlp.fc1", "mlp.fc2", "mlp.act"]
+)
+def test_hooks_see_the_plain_modules_in_cpu_training(where, monkeypatch):
+    """A forward hook (feature extraction, adapters) on any fused module sends the block down the plain path:
+    the hook fires once with the input the plain modules give that module, and the block's output is unchanged."""
+    torch.manual_seed(0)
+    block = Block(**BLOCKS["windowed, padded, pooled, proj shortcut"]).train()
+    _randomise(block, seed=5)
+    x = torch.randn(1, 8, 8, block.dim, requires_grad=True)
+    ref = block(x)
+
+    def run():
+        seen = []
+        handle = block.get_submodule(where).register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+        try:
+            return block(x), seen
+        finally:
+            handle.remove()
+
+    out, seen = run()
+    with monkeypatch.context() as m:  # every module called: the input the hook must see
+        m.setattr(layers, "has_hooks", lambda *a: True)
+        m.setattr(B, "has_hooks", lambda *a: True)
+        _, plain = run()
+    assert len(seen) == 1, f"the forward hook on {where} did not fire"
+    assert len(plain) == 1 and seen[0].shape == plain[0].shape
+    assert torch.equal(seen[0], plain[0])
+    assert torch.equal(out, ref)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .layers import DropPath, LayerNorm, Mlp, needs_grad, norm_linear, norm_linear_ok
+from .layers import DropPath, LayerNorm, Mlp, has_hooks, needs_grad, norm_linear, norm_linear_ok
 from .windows import (
     avg_pool_hw,
     ceil_div,
@@ -118,7 +118,7 @@ class Block(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        if norm_linear_ok(self.norm1, x, self.attn.qkv, self.proj):
+        if norm_linear_ok(self.norm1, x, self.attn.qkv, self.proj) and not has_hooks(self.attn):
             # training on CPU: norm1 -> (window partition) -> qkv, and the shortcut's proj, as one autograd
             # function keeping only norm1's input (not the normalised map nor its partitioned copy)
             H, W = x.shape[1:3]
@@ -158,7 +158,7 @@ class Block(nn.Module):
             x = self.drop_path(x).add_(shortcut)
         else:
             x = shortcut + self.drop_path(x)
-        if norm_linear_ok(self.norm2, x, self.mlp.fc1):
+        if norm_linear_ok(self.norm2, x, self.mlp.fc1) and not has_hooks(self.mlp):
             # training on CPU: norm2 -> fc1 keeping only norm2's input (the normalised map is recomputed)
             y = self.drop_path(self.mlp(norm_linear(x, self.norm2, self.mlp.fc1), hidden=True))
         else:

@@ -77,6 +77,18 @@ def set_workspace_enabled(enabled: bool) -> None:
         clear_workspace()
 
 
+def has_hooks(*modules: Optional[nn.Module]) -> bool:
+    """Whether a forward or backward hook is registered on any of ``modules`` or globally: the fused paths below
+    would skip the modules' ``forward`` calls, so they are taken only when no hook expects them."""
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks:
+        return True
+    return any(
+        m is not None and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+        for m in modules
+    )
+
+
 def workspace_linear(linear: nn.Linear, x: torch.Tensor, slot: str) -> torch.Tensor:
     """``linear(x)``; at inference on CPU written into the workspace ``slot`` (the result is overwritten by the
     next call with that slot, so the caller must consume it before then and never return it).
@@ -88,10 +100,7 @@ def workspace_linear(linear: nn.Linear, x: torch.Tensor, slot: str) -> torch.Ten
         needs_grad(x, *linear.parameters())
         or type(linear) is not nn.Linear
         or linear.bias is None
-        or linear._forward_hooks
-        or linear._forward_pre_hooks
-        or nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
+        or has_hooks(linear)
         or x.dtype != linear.weight.dtype
         or not x.is_contiguous()
         or torch.is_autocast_enabled(x.device.type)
@@ -224,6 +233,7 @@ def norm_linear_ok(norm: nn.Module, x: torch.Tensor, *linears: Optional[nn.Modul
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
+        or has_hooks(norm, *linears)
     ):
         return False
     params = [norm.weight, norm.bias]
@@ -295,6 +305,8 @@ class Mlp(nn.Module):
             and needs_grad(h, *self.fc2.parameters())
             and h.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu")
+            and type(self.fc2) is nn.Linear
+            and not has_hooks(self.act, self.fc2)
         ):
             # training on CPU: GELU recomputed in backward instead of keeping its output
             return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias, self.act.approximate)
