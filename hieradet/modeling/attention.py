@@ -229,17 +229,26 @@ class Attention(nn.Module):
                 nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, _ = x.shape
+    def forward(self, x: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """Args:
+        x: the input map (B, H, W, dim), or with ``projected=True`` its qkv projection (B, H, W, 3 * dim_out)
+            computed by the caller (:class:`.blocks.Block` fuses it with the norm before it in CPU training).
+        """
+        # at inference on CPU the projection is written into a reused workspace (q, k, v are consumed here)
+        qkv = x if projected else workspace_linear(self.qkv, x, "qkv")
+        B, H, W, _ = qkv.shape
         dim_out = self.num_heads * self.head_dim
         # (B, HW, 3, heads, hd) view; q, k, v stay strided views of it
-        # at inference on CPU the projection is written into a reused workspace (q, k, v are consumed here)
-        q, k, v = workspace_linear(self.qkv, x, "qkv").view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k, v = qkv.view(B, H * W, 3, self.num_heads, self.head_dim).unbind(2)
         qh, qw = H, W
         if self.q_stride > 1:
             q = pool_hw(q.reshape(B, H, W, dim_out), self.q_stride)
             qh, qw = q.shape[1:3]
             q = q.view(B, qh * qw, self.num_heads, self.head_dim)
+            if needs_grad(qkv) and qkv.device.type == "cpu" and not torch.compiler.is_compiling():
+                # training on CPU: k and v copied out of the projection, so that its (unpooled) q third is not
+                # kept alive for backward by the k / v views (the pooled q is a tensor of its own)
+                k, v = qkv.view(B, H * W, 3, self.num_heads, self.head_dim)[:, :, 1:].contiguous().unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
         if not self.use_rel_pos:
             x = F.scaled_dot_product_attention(q, k, v)

@@ -13,8 +13,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .layers import DropPath, LayerNorm, Mlp, needs_grad
-from .windows import avg_pool_hw, is_static, pool_hw, window_partition, window_unpartition, window_unpartition_view
+from .layers import DropPath, LayerNorm, Mlp, has_hooks, needs_grad, norm_linear, norm_linear_ok
+from .windows import (
+    avg_pool_hw,
+    ceil_div,
+    is_static,
+    pool_hw,
+    window_partition,
+    window_unpartition,
+    window_unpartition_view,
+)
 
 __all__ = ["RELPOS_MODES", "Block", "plain_vit_blocks", "uses_rel_pos"]
 
@@ -110,16 +118,30 @@ class Block(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.norm1(x)
+        if norm_linear_ok(self.norm1, x, self.attn.qkv, self.proj) and not has_hooks(self.attn):
+            # training on CPU: norm1 -> (window partition) -> qkv, and the shortcut's proj, as one autograd
+            # function keeping only norm1's input (not the normalised map nor its partitioned copy)
+            H, W = x.shape[1:3]
+            ws = self.window_size
+            pad_hw = (ceil_div(H, ws) * ws, ceil_div(W, ws) * ws) if ws else (H, W)
+            qkv = norm_linear(x, self.norm1, self.attn.qkv, ws, self.proj)
+            if self.proj is not None:
+                qkv, projected = qkv
+                shortcut = pool_hw(projected, self.q_stride)
+            x = self.attn(qkv, projected=True)
+        else:
+            x = self.norm1(x)
+            if self.proj is not None:
+                shortcut = pool_hw(self.proj(x), self.q_stride)
+            if self.window_size:
+                x, pad_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
         if self.proj is not None:
-            shortcut = pool_hw(self.proj(x), self.q_stride)
+            pass  # the shortcut is the projected normalised input, pooled above
         elif self.dim != self.dim_out:  # projection-free widening: [max pool, mean pool] of the raw input
             shortcut = torch.cat([pool_hw(shortcut, self.q_stride), avg_pool_hw(shortcut, self.q_stride)], dim=-1)
         elif self.q_stride > 1:
             shortcut = pool_hw(shortcut, self.q_stride)
-        if self.window_size:
-            x, pad_hw = window_partition(x, self.window_size)
-        x = self.attn(x)
         if self.window_size:
             ws = self.window_size // self.q_stride
             Hp, Wp = pad_hw[0] // self.q_stride, pad_hw[1] // self.q_stride
@@ -136,7 +158,11 @@ class Block(nn.Module):
             x = self.drop_path(x).add_(shortcut)
         else:
             x = shortcut + self.drop_path(x)
-        y = self.drop_path(self.mlp(self.norm2(x)))
+        if norm_linear_ok(self.norm2, x, self.mlp.fc1) and not has_hooks(self.mlp):
+            # training on CPU: norm2 -> fc1 keeping only norm2's input (the normalised map is recomputed)
+            y = self.drop_path(self.mlp(norm_linear(x, self.norm2, self.mlp.fc1), hidden=True))
+        else:
+            y = self.drop_path(self.mlp(self.norm2(x)))
         if _in_place_ok(y, x):  # inference: the MLP output is this block's own fresh tensor
             return y.add_(x)
         return x + y

@@ -3,11 +3,13 @@ MLP, the patch-embedding stem and the ViT / Hiera weight init. Everything works 
 
 import threading
 from functools import partial
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .windows import ceil_div, window_partition, window_unpartition
 
 __all__ = [
     "DropPath",
@@ -17,6 +19,8 @@ __all__ = [
     "clear_workspace",
     "init_weights",
     "needs_grad",
+    "norm_linear",
+    "norm_linear_ok",
     "set_workspace_enabled",
     "workspace_linear",
 ]
@@ -73,6 +77,18 @@ def set_workspace_enabled(enabled: bool) -> None:
         clear_workspace()
 
 
+def has_hooks(*modules: Optional[nn.Module]) -> bool:
+    """Whether a forward or backward hook is registered on any of ``modules`` or globally: the fused paths below
+    would skip the modules' ``forward`` calls, so they are taken only when no hook expects them."""
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks:
+        return True
+    return any(
+        m is not None and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+        for m in modules
+    )
+
+
 def workspace_linear(linear: nn.Linear, x: torch.Tensor, slot: str) -> torch.Tensor:
     """``linear(x)``; at inference on CPU written into the workspace ``slot`` (the result is overwritten by the
     next call with that slot, so the caller must consume it before then and never return it).
@@ -84,10 +100,7 @@ def workspace_linear(linear: nn.Linear, x: torch.Tensor, slot: str) -> torch.Ten
         needs_grad(x, *linear.parameters())
         or type(linear) is not nn.Linear
         or linear.bias is None
-        or linear._forward_hooks
-        or linear._forward_pre_hooks
-        or nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
+        or has_hooks(linear)
         or x.dtype != linear.weight.dtype
         or not x.is_contiguous()
         or torch.is_autocast_enabled(x.device.type)
@@ -143,6 +156,124 @@ class _GeluLinear(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None
 
 
+def _linear_grads(grad_out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, needs) -> Tuple:
+    """``(grad_a, grad_weight, grad_bias)`` of ``F.linear(a, weight, bias)`` for the upstream ``grad_out``; a
+    gradient that ``needs`` (three bools) does not ask for is None."""
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])
+    grad_a = grad_out.matmul(weight) if needs[0] else None
+    grad_w = g2.t().mm(a.reshape(-1, a.shape[-1])) if needs[1] else None
+    grad_b = g2.sum(0) if needs[2] else None
+    return grad_a, grad_w, grad_b
+
+
+class _NormLinear(torch.autograd.Function):
+    """``linear(partition(layer_norm(x)))`` (and optionally a second ``linear2(layer_norm(x))`` of the same
+    normalised map), keeping for backward only ``x`` and the LayerNorm's per-token mean and 1 / std.
+
+    Plain autograd keeps the normalised map (and, in a windowed block, its zero-padded window-partitioned copy)
+    as the linear's input besides the LayerNorm's own input ``x``; here backward recomputes the normalised map
+    (one LayerNorm) for the weight gradients instead. ``window_size`` 0 means no partition; with a window the
+    padding tokens are zeros of the *normalised* map (as :func:`.windows.window_partition` pads it), so their
+    gradient is dropped when the input gradient is unpartitioned. The forward runs exactly the ops of
+    ``nn.LayerNorm``, ``window_partition`` and ``nn.Linear`` (bitwise equal outputs).
+    """
+
+    @staticmethod
+    def forward(ctx, x, norm_w, norm_b, eps, window_size, w1, b1, w2, b2):
+        y, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_w, norm_b, eps)
+        a1 = window_partition(y, window_size)[0] if window_size else y
+        out1 = F.linear(a1, w1, b1)
+        ctx.eps, ctx.window_size = eps, window_size
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        ctx.save_for_backward(x, mean, rstd, norm_w, norm_b, w1, w2)
+        if w2 is None:
+            return out1
+        return out1, F.linear(y, w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad1, grad2=None):
+        x, mean, rstd, norm_w, norm_b, w1, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        H, W = x.shape[1:3]
+        ws = ctx.window_size
+        # the normalised map, recomputed (the same kernel as the forward: the same values)
+        y = torch.native_layer_norm(x, (x.shape[-1],), norm_w, norm_b, ctx.eps)[0]
+        a1 = window_partition(y, ws)[0] if ws else y
+        grad_a1, grad_w1, grad_b1 = _linear_grads(grad1, a1, w1, (True, need[5], need[6] and ctx.has_b1))
+        del a1
+        if ws:
+            pad_hw = (ceil_div(H, ws) * ws, ceil_div(W, ws) * ws)
+            grad_y = window_unpartition(grad_a1, ws, pad_hw, (H, W))
+        else:
+            grad_y = grad_a1
+        del grad_a1
+        grad_w2 = grad_b2 = None
+        if w2 is not None and grad2 is not None:
+            grad_a2, grad_w2, grad_b2 = _linear_grads(grad2, y, w2, (True, need[7], need[8] and ctx.has_b2))
+            grad_y = grad_y + grad_a2
+        del y
+        grad_x, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
+            grad_y.contiguous(), x, (x.shape[-1],), mean, rstd, norm_w, norm_b, [need[0], need[1], need[2]]
+        )
+        return grad_x, grad_nw, grad_nb, None, None, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def norm_linear_ok(norm: nn.Module, x: torch.Tensor, *linears: Optional[nn.Module]) -> bool:
+    """Whether :func:`norm_linear` may replace ``linear(norm(x))``: training with autograd on CPU (not under
+    autocast, tracing or compilation), ``norm`` a plain affine ``nn.LayerNorm`` over the last axis and each
+    linear a plain ``nn.Linear``, all in ``x``'s dtype. GPU training and inference keep the plain modules."""
+    if (
+        x.device.type != "cpu"
+        or type(norm) is not nn.LayerNorm
+        or norm.weight is None
+        or norm.bias is None
+        or len(norm.normalized_shape) != 1
+        or x.dim() != 4
+        or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or has_hooks(norm, *linears)
+    ):
+        return False
+    params = [norm.weight, norm.bias]
+    for lin in linears:
+        if lin is None:
+            continue
+        if type(lin) is not nn.Linear:
+            return False
+        params += [p for p in (lin.weight, lin.bias) if p is not None]
+    return needs_grad(x, *params) and all(p.dtype == x.dtype for p in params)
+
+
+def norm_linear(
+    x: torch.Tensor,
+    norm: nn.LayerNorm,
+    linear: nn.Linear,
+    window_size: int = 0,
+    linear2: Optional[nn.Linear] = None,
+):
+    """``linear(window_partition(norm(x)))`` of a BHWC map (no partition when ``window_size`` is 0), and with
+    ``linear2`` also ``linear2(norm(x))``, keeping only ``x`` and the norm's statistics for backward (the
+    normalised map is recomputed there). Check :func:`norm_linear_ok` first; the outputs equal the plain
+    modules' bitwise. The modules' forward hooks are not called (their parameters are used directly).
+
+    Returns:
+        ``linear``'s output, or the pair of both outputs when ``linear2`` is given.
+    """
+    return _NormLinear.apply(
+        x,
+        norm.weight,
+        norm.bias,
+        norm.eps,
+        window_size,
+        linear.weight,
+        linear.bias,
+        None if linear2 is None else linear2.weight,
+        None if linear2 is None else linear2.bias,
+    )
+
+
 class Mlp(nn.Module):
     """Two-layer MLP (``fc1``/``fc2``, the key names of official Hiera, MAE and detectron2's ViT)."""
 
@@ -152,15 +283,31 @@ class Mlp(nn.Module):
         self.act = act_layer()
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """Args:
+        x: the input (..., dim), or with ``hidden=True`` fc1's output computed by the caller
+            (:class:`.blocks.Block` fuses fc1 with the norm before it in CPU training).
+        """
+        if hidden:
+            return self._from_hidden(x)
         if type(self.act) is not nn.GELU:
             return self.fc2(self.act(self.fc1(x)))
         if not needs_grad(x, *self.fc1.parameters()):
             # inference: the hidden activation in the reused workspace (CPU), GELU in place on it
             h = workspace_linear(self.fc1, x, "hidden")
             return self.fc2(torch._C._nn.gelu_(h, approximate=self.act.approximate))
-        h = self.fc1(x)
-        if h.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        return self._from_hidden(self.fc1(x))
+
+    def _from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """``fc2(act(h))``; with autograd on CPU and GELU, the GELU output is recomputed in backward, not kept."""
+        if (
+            type(self.act) is nn.GELU
+            and needs_grad(h, *self.fc2.parameters())
+            and h.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and type(self.fc2) is nn.Linear
+            and not has_hooks(self.act, self.fc2)
+        ):
             # training on CPU: GELU recomputed in backward instead of keeping its output
             return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias, self.act.approximate)
         return self.fc2(self.act(h))

@@ -55,15 +55,7 @@ def crop_hw(x: torch.Tensor, h, w, dims: Tuple[int, int] = (1, 2)) -> torch.Tens
     return x.index_select(dims[1], torch.arange(w, device=x.device))
 
 
-def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Max-pool a BHWC map by ``stride`` (ceil mode: an odd edge keeps its last row/column).
-
-    Equals ``F.max_pool2d(x.permute(0, 3, 1, 2), stride, stride, ceil_mode=True)`` in BHWC. Computed as
-    elementwise maxima of the ``stride`` row and column phases of a (B, H/s, s, W/s, s, C) view: no
-    layout change, no pooling indices, any input strides (e.g. a slice of the qkv projection).
-    """
-    if stride == 1:
-        return x
+def _pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
     B, H, W, C = x.shape
     nh, nw = ceil_div(H, stride), ceil_div(W, stride)
     pad_h, pad_w = nh * stride - H, nw * stride - W
@@ -77,6 +69,67 @@ def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
     for j in range(1, stride):
         out = torch.maximum(out, rows[:, :, :, j])
     return out
+
+
+class _PoolHW(torch.autograd.Function):
+    """:func:`pool_hw` with autograd on CPU, keeping for backward only which of the ``stride * stride`` cells won
+    each output (one byte per output element). The elementwise maxima's own backward keeps the whole input and
+    the row maxima (with the stage transitions' shortcut projection, 3x the pooled output in float).
+
+    The gradient goes to the first (row-major) maximum of a cell, as ``F.max_pool2d``'s does; the chain of
+    maxima would split it between tied maxima. Values are :func:`pool_hw`'s (the same computation).
+    """
+
+    @staticmethod
+    def forward(ctx, x, stride):
+        out = _pool_hw(x, stride)
+        B, H, W, C = x.shape
+        nh, nw = ceil_div(H, stride), ceil_div(W, stride)
+        xp = x if (nh * stride, nw * stride) == (H, W) else F.pad(x, (0, 0, 0, nw * stride - W, 0, nh * stride - H))
+        xp = xp.unflatten(1, (nh, stride)).unflatten(3, (nw, stride))  # (B, nh, s, nw, s, C)
+        winner = torch.zeros(out.shape, dtype=torch.uint8, device=x.device)
+        for cell in reversed(range(stride * stride)):  # the last write is the first maximum
+            winner.masked_fill_(xp[:, :, cell // stride, :, cell % stride] == out, cell)
+        ctx.stride, ctx.hw = stride, (H, W)
+        ctx.save_for_backward(winner)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (winner,) = ctx.saved_tensors
+        s, (H, W) = ctx.stride, ctx.hw
+        B, nh, nw, C = grad_out.shape
+        grad = grad_out.new_empty(B, nh, s, nw, s, C)
+        zero = grad_out.new_zeros(())
+        for cell in range(s * s):
+            torch.where(winner == cell, grad_out, zero, out=grad[:, :, cell // s, :, cell % s])
+        grad = grad.view(B, nh * s, nw * s, C)
+        if (nh * s, nw * s) != (H, W):
+            grad = grad[:, :H, :W].contiguous()
+        return grad, None
+
+
+def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Max-pool a BHWC map by ``stride`` (ceil mode: an odd edge keeps its last row/column).
+
+    Equals ``F.max_pool2d(x.permute(0, 3, 1, 2), stride, stride, ceil_mode=True)`` in BHWC. Computed as
+    elementwise maxima of the ``stride`` row and column phases of a (B, H/s, s, W/s, s, C) view: no
+    layout change, no pooling indices, any input strides (e.g. a slice of the qkv projection). With autograd
+    on CPU (not traced or compiled) it keeps only the one-byte index of each output's maximum for backward.
+    """
+    if stride == 1:
+        return x
+    if (
+        x.requires_grad
+        and torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and 1 < stride <= 16
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+    ):
+        return _PoolHW.apply(x, stride)
+    return _pool_hw(x, stride)
 
 
 def avg_pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
