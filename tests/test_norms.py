@@ -4,6 +4,7 @@ Same values and gradients as detectron2's ``LayerNorm``, less kept for backward,
 every stock model config, and the configs still save to YAML and load back.
 """
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.layers.batch_norm import LayerNorm as D2LayerNorm
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 from hieradet.modeling import ChannelLayerNorm, channel_layer_norm
 from hieradet.testing import make_tiny
@@ -146,6 +149,55 @@ def test_stock_config_builds_it_and_saves_to_yaml_and_back(tmp_path):
     assert "roi_heads.box_head.conv1.norm" in names and "roi_heads.mask_head.mask_fcn1.norm" in names
     others = [n for n, m in model.named_modules() if isinstance(m, D2LayerNorm) and n not in names]
     assert not others, f"detectron2 LayerNorms left: {others}"
+
+
+def _with_detectron2_ln(cfg):
+    cfg = copy.deepcopy(cfg)
+    cfg.model.backbone.norm = "LN"
+    rh = cfg.model.roi_heads
+    for head in rh.box_heads if "box_heads" in rh else [rh.box_head]:
+        head.conv_norm = "LN"
+    rh.mask_head.conv_norm = "LN"
+    return cfg
+
+
+@pytest.mark.parametrize("config", [STOCK_CONFIGS[0], "configs/COCO/cascade_mask_rcnn_vitdet_b_100ep.py"])
+def test_tiny_detector_matches_the_detectron2_ln_one(config):
+    cfg = make_tiny(LazyConfig.load(str(ROOT / config)), image_size=64, num_classes=3)
+    torch.manual_seed(0)
+    ours = instantiate(cfg.model)
+    with torch.no_grad():  # non-trivial affine parameters
+        for name, p in ours.named_parameters():
+            if ".norm." in name and not name.startswith("backbone.bottom_up") and not name.startswith("backbone.net"):
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
+    ref = instantiate(_with_detectron2_ln(cfg).model)
+    ref.load_state_dict(ours.state_dict())  # strict: same keys
+    predictors = lambda m: getattr(m.roi_heads, "box_predictors", None) or [m.roi_heads.box_predictor]  # noqa: E731
+    for p in predictors(ours) + predictors(ref):
+        p.test_score_thresh = 0.0
+    image = torch.randint(0, 256, (3, 64, 64)).float()
+    gt = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[5.0, 10.0, 40.0, 45.0]])), gt_classes=torch.tensor([1]))
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:45, 5:40] = True
+    gt.gt_masks = BitMasks(masks)
+    with torch.no_grad():
+        a, b = (m.eval()([dict(image=image)])[0]["instances"] for m in (ours, ref))
+    assert len(a) == len(b) > 0
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=0, atol=1e-4)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+    with EventStorage():
+        losses = []
+        for m in (ours, ref):
+            torch.manual_seed(1)
+            loss = m.train()([dict(image=image, instances=gt)])
+            sum(loss.values()).backward()
+            losses.append(loss)
+    for k in losses[1]:
+        torch.testing.assert_close(losses[0][k], losses[1][k], rtol=1e-5, atol=1e-6)
+    grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    for n, p in ours.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_exports_and_traces_to_the_same_values():
