@@ -64,6 +64,16 @@ def test_matches_detectron2_layernorm_values_and_grads(shape, dtype):
     assert ours(x).is_contiguous()  # NCHW out, as detectron2's
 
 
+def test_low_precision_input_gives_detectron2s_dtypes():
+    # as under autocast: bfloat16 activations, float32 parameters -> a float32 output, a bfloat16 input gradient
+    ref, ours = _pair(6)
+    x = torch.randn(2, 6, 5, 7).bfloat16()
+    dy = torch.randn(2, 6, 5, 7)
+    for a, b in zip(_forward_backward(ref, x, dy), _forward_backward(ours, x, dy)):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=5e-2)  # both normalise in bfloat16
+
+
 def test_keeps_only_its_input_and_statistics_for_backward():
     shape = (2, 16, 24, 20)
     ref, ours = _pair(shape[1])

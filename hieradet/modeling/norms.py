@@ -26,9 +26,14 @@ def _affine_shape(x: torch.Tensor):
 
 
 def _normalize(x, weight, bias, mean, rstd):
-    """``(x - mean) * rstd * weight + bias`` in one fresh tensor (written in place after the subtraction)."""
+    """``(x - mean) * rstd * weight + bias`` in one fresh tensor (written in place after the subtraction).
+
+    The normalised input is in ``x``'s dtype and the result in the promoted dtype of it and the parameters, as
+    detectron2's (e.g. float16 activations under autocast with float32 parameters give float32)."""
     shape = _affine_shape(x)
-    return (x - mean).mul_(rstd).mul_(weight.view(shape)).add_(bias.view(shape))
+    xhat = (x - mean).mul_(rstd)
+    out_dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), bias.dtype)
+    return xhat.to(out_dtype).mul_(weight.view(shape)).add_(bias.view(shape))
 
 
 class _ChannelLayerNormFunction(torch.autograd.Function):
