@@ -113,7 +113,7 @@ def test_same_state_dict_keys_and_outputs_as_detectron2_ln_head():
 
 def test_bad_input_names_the_cause():
     norm = ChannelLayerNorm(8)
-    with pytest.raises(ValueError, match=r"input \(2, 6, 3, 3\), weight \(8,\).*num_channels"):
+    with pytest.raises(ValueError, match=r"input \(2, 6, 3, 3\), weight \(8,\).*channel count"):
         norm(torch.randn(2, 6, 3, 3))
     with pytest.raises(ValueError, match="number of channels as a positive int"):
         ChannelLayerNorm((8,))

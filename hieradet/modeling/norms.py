@@ -86,8 +86,8 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if x.dim() < 2 or x.shape[1] != weight.numel() or bias.numel() != weight.numel():
         raise ValueError(
             f"channel_layer_norm normalises dim 1 of an (N, C, ...) input with (C,) weight and bias; got input "
-            f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}: check the norm's "
-            f"num_channels against the layer that feeds it"
+            f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}: build the norm with the "
+            f"channel count of the layer that feeds it (ChannelLayerNorm(normalized_shape=C))"
         )
     if _tracing():
         shape = _affine_shape(x)
