@@ -7,6 +7,7 @@ from .blocks import Block
 from .family import BackboneFamily, families, family_of, get_family, match_size, register_family
 from .hieradet import HIERA_SIZES, HieraDet, default_global_blocks, hieradet_kwargs
 from .hivit import HIVIT_SIZES, HiViT, hivit_kwargs
+from .norms import ChannelLayerNorm, channel_layer_norm
 from .pos_embed import AbsWinPosEmbed
 from .vit import VIT_SIZES, ViT, vit_kwargs
 from .windows import window_partition, window_unpartition
@@ -15,6 +16,8 @@ __all__ = [
     "AbsWinPosEmbed",
     "Attention",
     "BackboneFamily",
+    "ChannelLayerNorm",
+    "channel_layer_norm",
     "Block",
     "families",
     "family_of",

@@ -14,6 +14,8 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import CascadeROIHeads, FastRCNNConvFCHead
 
+from hieradet.modeling import ChannelLayerNorm
+
 CASCADE_IOUS = (0.5, 0.6, 0.7)
 CASCADE_BOX_WEIGHTS = ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15))
 
@@ -40,7 +42,7 @@ def make_cascade(model):
                 input_shape=ShapeSpec(channels=256, height=7, width=7),
                 conv_dims=[256, 256, 256, 256],
                 fc_dims=[1024],
-                conv_norm="LN",
+                conv_norm=ChannelLayerNorm,
             )
             for _ in CASCADE_IOUS
         ],

@@ -2,14 +2,15 @@
 
 detectron2's ``common/models/mask_rcnn_fpn.py`` with ``bottom_up`` = HieraDet (windows 8, 4, 14, 7,
 global blocks 12, 16, 20 with relpos, recursive abs-win position embedding), LayerNorm in the FPN and
-the heads, a 2-conv RPN head and a 4-conv + 1-fc box head, and every batch padded to a 1024 square.
+the heads (:class:`~hieradet.modeling.ChannelLayerNorm`, detectron2's ``"LN"`` computed fused), a 2-conv RPN
+head and a 4-conv + 1-fc box head, and every batch padded to a 1024 square.
 Other sizes: ``model.backbone.bottom_up.update(hieradet_kwargs("L"))``.
 """
 
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
-from hieradet.modeling import HieraDet, hieradet_kwargs
+from hieradet.modeling import ChannelLayerNorm, HieraDet, hieradet_kwargs
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 
@@ -26,7 +27,7 @@ model.backbone.bottom_up = L(HieraDet)(
     out_features=("scale2", "scale3", "scale4", "scale5"),
 )
 model.backbone.in_features = "${.bottom_up.out_features}"
-model.backbone.norm = "LN"
+model.backbone.norm = ChannelLayerNorm  # detectron2's "LN", fused (keeps less for backward)
 model.backbone.square_pad = "${.bottom_up.img_size}"
 
 model.pixel_mean = [123.675, 116.280, 103.530]  # ImageNet, RGB, 0-255
@@ -37,5 +38,5 @@ model.input_format = "RGB"
 model.proposal_generator.head.conv_dims = [-1, -1]
 model.roi_heads.box_head.conv_dims = [256, 256, 256, 256]
 model.roi_heads.box_head.fc_dims = [1024]
-model.roi_heads.box_head.conv_norm = "LN"
-model.roi_heads.mask_head.conv_norm = "LN"
+model.roi_heads.box_head.conv_norm = ChannelLayerNorm
+model.roi_heads.mask_head.conv_norm = ChannelLayerNorm
