@@ -176,6 +176,17 @@ def test_training_iterations_and_peak_memory():
         bench.time_training(m, iters=1, timer="gpu")
 
 
+def test_training_inputs_are_polygon_masks_of_the_boxes():
+    """Training inputs carry polygon masks, as the stock data pipeline does, each the outline of its box."""
+    from detectron2.structures import PolygonMasks
+
+    m = bench.Benchmarked("tiny", torch.nn.Identity(), "model", 96)
+    inst = m.inputs(2, torch.device("cpu"), train=True)[1]["instances"]
+    assert isinstance(inst.gt_masks, PolygonMasks) and len(inst.gt_masks) == len(inst) == 4
+    torch.testing.assert_close(inst.gt_masks.get_bounding_boxes().tensor, inst.gt_boxes.tensor)
+    assert (inst.gt_masks.area() > 0).all()
+
+
 def test_whole_model_inference_runs_the_full_detector():
     m = bench.build("hieradet-t", part="model", img_size=64)
     assert m.kind == "model" and m.module.roi_heads.box_predictor.test_score_thresh == 0.0
