@@ -5,6 +5,9 @@ Every preset is derived from the backbone family declarations (:mod:`hieradet.mo
 
 * ``hieradet-{t,s,b,b+,l,h}``: :class:`hieradet.modeling.HieraDet` (``hieradet_kwargs``), relpos on the global blocks;
 * ``vitdet-{b,l,h}``: our fixed ViTDet (``vit_kwargs``: abs-win embedding, relpos on the global blocks);
+* ``hivit-{t,s,b,l}``: :class:`hieradet.modeling.hivit.HiViT` (``hivit_kwargs``: Tab. 7 of Zhang et al. 2023,
+  abs-win embedding, windows 14, 4 global blocks with relpos); ``--part model`` builds the HiViT project's Mask R-CNN
+  (``projects/HiViT/configs/common/mask_rcnn_hivit.py``: detectron2's FPN over strides 4-32, the project's heads);
 * ``d2-vitdet-{b,l,h}``: detectron2's own ``detectron2.modeling.ViT`` with its published ViTDet recipe (relpos in
   every block, window 14, interpolated embedding); ``d2-vitdet-b-norelpos``: the same without relpos;
 * ``sam2-hiera-{t,s,b,b+,l}``: SAM 2's ``Hiera`` trunk of the same sizes (windows 8, 4, 14, 7, L 8, 4, 16, 8; the
@@ -129,17 +132,21 @@ def build_backbone(name: str, img_size: int = 1024) -> nn.Module:
 
 
 def _our_model(file: str):
+    """The ``model`` of a family's ``detection_config``: a bare file name is under ``configs/common/models/``, a
+    name with a folder is a :mod:`hieradet.model_zoo` name (``HiViT/common/mask_rcnn_hivit.py``)."""
     from detectron2.config import LazyConfig
 
     from hieradet.model_zoo import get_config_file
 
-    return LazyConfig.load(get_config_file(f"common/models/{file}")).model
+    name = file if "/" in file else f"common/models/{file}"
+    return LazyConfig.load(get_config_file(name)).model
 
 
 def model_config(name: str, img_size: int):
-    """LazyConfig ``model`` of a whole Mask R-CNN for preset ``name``: ours from
-    ``configs/common/models/mask_rcnn_{hieradet,vitdet}.py``, ``d2-vitdet-*`` from detectron2's own
-    ``common/models/mask_rcnn_vitdet.py``."""
+    """LazyConfig ``model`` of a whole Mask R-CNN for preset ``name``, every batch padded to an ``img_size``
+    square: ours from the family's ``detection_config`` (``configs/common/models/mask_rcnn_{hieradet,vitdet}.py``,
+    the HiViT project's ``common/mask_rcnn_hivit.py``) with the preset's backbone arguments, ``d2-vitdet-*`` from
+    detectron2's own ``common/models/mask_rcnn_vitdet.py``."""
     family, size = parse_preset(name)
     fam = _family(family)
     if fam is not None:

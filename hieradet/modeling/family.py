@@ -84,8 +84,10 @@ class BackboneFamily:
         size_match_fields (tuple[str] or None): fields that name a size in a config (the recipe table); default:
             ``architecture_fields`` plus ``num_heads``.
         preset (str or None): benchmark preset prefix (``"hieradet"`` gives ``hieradet-b``, ...); None: no preset.
-        detection_config (str or None): file under ``configs/common/models/`` that the benchmark builds a whole
-            detector from for the preset.
+        detection_config (str or None): the LazyConfig that the benchmark builds a whole detector from for the
+            preset (its ``model``, with the preset's size): a bare file name is under ``configs/common/models/``
+            (``"mask_rcnn_hieradet.py"``), a name with a folder is a :mod:`hieradet.model_zoo` name
+            (``"HiViT/common/mask_rcnn_hivit.py"``, the HiViT project's); None: ``--part backbone`` only.
         label (str or None): name in the recipe table (default ``name``).
         token_stride (int): input pixels per patch-embedding stride unit of the main blocks (HiViT's stem merges
             twice: 4).
@@ -285,6 +287,8 @@ register_family(
         size_kwargs=hivit_kwargs,
         global_blocks=_hivit_global_blocks,
         model_layout=hivit_layout,
+        preset="hivit",
+        detection_config="HiViT/common/mask_rcnn_hivit.py",
         token_stride=4,
     )
 )
