@@ -293,3 +293,27 @@ def test_hooks_see_the_plain_modules_in_cpu_training(where, monkeypatch):
     assert len(plain) == 1 and seen[0].shape == plain[0].shape
     assert torch.equal(seen[0], plain[0])
     assert torch.equal(out, ref)
+
+
+def test_observer_hooks_keep_the_fused_path():
+    """Hooks marked with ``observer_hook`` (the memory tool's attribution) do not switch the fused paths off."""
+    block = Block(**BLOCKS["windowed, padded"]).train()
+    x = torch.randn(1, 8, 8, block.dim, requires_grad=True)
+    handles = [m.register_forward_pre_hook(layers.observer_hook(lambda m, a: None)) for m in block.modules()]
+    try:
+        assert not layers.has_hooks(block.norm1, block.attn, block.attn.qkv, block.mlp, block.mlp.fc1)
+        _, kept = _saved(block, x)
+    finally:
+        for h in handles:
+            h.remove()
+    hs = [block.norm1.register_forward_hook(lambda m, a, o: None)]
+    try:
+        assert layers.has_hooks(block.norm1)
+        _, kept_plain = _saved(block, x)
+    finally:
+        hs[0].remove()
+
+    def size(ts):
+        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in ts}.values())
+
+    assert size(kept) < size(kept_plain)  # an ordinary hook on norm1 takes the plain path, which keeps more

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..modeling.layers import observer_hook
 from .models import Benchmarked, build
 from .timing import training_loss
 
@@ -48,9 +49,11 @@ def saved_activations(model: Benchmarked, batch: int = 1, device: str = "cpu", b
     seen = set()
     sizes: Dict[str, int] = defaultdict(int)
 
+    @observer_hook  # attribution only: the modeling code keeps its fused training paths
     def pre(mod, args):
         stack.append(mod)
 
+    @observer_hook
     def post(mod, args, out):
         stack.pop()
 

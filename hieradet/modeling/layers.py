@@ -17,10 +17,12 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "clear_workspace",
+    "has_hooks",
     "init_weights",
     "needs_grad",
     "norm_linear",
     "norm_linear_ok",
+    "observer_hook",
     "set_workspace_enabled",
     "workspace_linear",
 ]
@@ -77,16 +79,23 @@ def set_workspace_enabled(enabled: bool) -> None:
         clear_workspace()
 
 
+def observer_hook(fn):
+    """Marks a module hook as an observer (it records, e.g. which module is running, but reads no input or output
+    of the module it is on), so that :func:`has_hooks` ignores it and the fused paths stay on; returns ``fn``."""
+    fn.observes_only = True
+    return fn
+
+
 def has_hooks(*modules: Optional[nn.Module]) -> bool:
-    """Whether a forward or backward hook is registered on any of ``modules`` or globally: the fused paths below
-    would skip the modules' ``forward`` calls, so they are taken only when no hook expects them."""
+    """Whether a forward or backward hook is registered on any of ``modules`` or globally, other than an
+    :func:`observer_hook`: the fused paths below skip the modules' ``forward`` calls, so they are taken only when
+    no hook expects those calls."""
     g = nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks:
-        return True
-    return any(
-        m is not None and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-        for m in modules
-    )
+    tables = [g._global_forward_hooks, g._global_forward_pre_hooks, g._global_backward_hooks]
+    for m in modules:
+        if m is not None:
+            tables += [m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks]
+    return any(not getattr(fn, "observes_only", False) for table in tables for fn in table.values())
 
 
 def workspace_linear(linear: nn.Linear, x: torch.Tensor, slot: str) -> torch.Tensor:
