@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Inference / training speed of backbones and whole detectors, side by side (library: ``hieradet.benchmark``).
 
-Models are presets (``hieradet-{t,s,b,b+,l,h}``, ``vitdet-{b,l,h}``, detectron2's ``d2-vitdet-{b,l,h}`` and
-``d2-vitdet-b-norelpos``, SAM 2's ``sam2-hiera-{t,s,b,b+,l}``; see ``hieradet.benchmark.presets``) or LazyConfig
+Models are presets (``hieradet-{t,s,b,b+,l,h}``, ``vitdet-{b,l,h}``, ``hivit-{t,s,b,l}``, detectron2's
+``d2-vitdet-{b,l,h}`` and ``d2-vitdet-b-norelpos``, SAM 2's ``sam2-hiera-{t,s,b,b+,l}``; see
+``hieradet.benchmark.presets``) or LazyConfig
 files / ``hieradet.model_zoo`` names (``--opts key=value`` overrides). ``--part backbone`` (default) times the
 bottom-up network, ``--part model`` the whole Mask R-CNN (score threshold 0: the full detections go through the
 mask head). Warm-up iterations, then ``--iters`` timed ones, the models alternating iteration by iteration; the
