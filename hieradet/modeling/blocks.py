@@ -16,8 +16,8 @@ from .attention import Attention
 from .layers import DropPath, LayerNorm, Mlp, has_hooks, needs_grad, norm_linear, norm_linear_ok
 from .windows import (
     avg_pool_hw,
-    ceil_div,
     is_static,
+    padded_hw,
     pool_hw,
     window_partition,
     window_unpartition,
@@ -121,9 +121,8 @@ class Block(nn.Module):
         if norm_linear_ok(self.norm1, x, self.attn.qkv, self.proj) and not has_hooks(self.attn):
             # training on CPU: norm1 -> (window partition) -> qkv, and the shortcut's proj, as one autograd
             # function keeping only norm1's input (not the normalised map nor its partitioned copy)
-            H, W = x.shape[1:3]
             ws = self.window_size
-            pad_hw = (ceil_div(H, ws) * ws, ceil_div(W, ws) * ws) if ws else (H, W)
+            pad_hw = padded_hw(x.shape[1], x.shape[2], ws) if ws else None
             qkv = norm_linear(x, self.norm1, self.attn.qkv, ws, self.proj)
             if self.proj is not None:
                 qkv, projected = qkv
@@ -136,12 +135,11 @@ class Block(nn.Module):
             if self.window_size:
                 x, pad_hw = window_partition(x, self.window_size)
             x = self.attn(x)
-        if self.proj is not None:
-            pass  # the shortcut is the projected normalised input, pooled above
-        elif self.dim != self.dim_out:  # projection-free widening: [max pool, mean pool] of the raw input
-            shortcut = torch.cat([pool_hw(shortcut, self.q_stride), avg_pool_hw(shortcut, self.q_stride)], dim=-1)
-        elif self.q_stride > 1:
-            shortcut = pool_hw(shortcut, self.q_stride)
+        if self.proj is None:  # else the shortcut is the projected normalised input, pooled above
+            if self.dim != self.dim_out:  # projection-free widening: [max pool, mean pool] of the raw input
+                shortcut = torch.cat([pool_hw(shortcut, self.q_stride), avg_pool_hw(shortcut, self.q_stride)], dim=-1)
+            elif self.q_stride > 1:
+                shortcut = pool_hw(shortcut, self.q_stride)
         if self.window_size:
             ws = self.window_size // self.q_stride
             Hp, Wp = pad_hw[0] // self.q_stride, pad_hw[1] // self.q_stride

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .windows import ceil_div, window_partition, window_unpartition
+from .windows import capturing_graph, padded_hw, window_partition, window_unpartition
 
 __all__ = [
     "DropPath",
@@ -53,7 +53,7 @@ class _Workspace(threading.local):
     def get(self, numel: int, dtype: torch.dtype, device: torch.device, slot: str) -> Optional[torch.Tensor]:
         if not _Workspace.enabled or device.type != "cpu":
             return None
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if capturing_graph():
             return None  # a graph must not capture the buffer
         buf = self.buffers.get((slot, dtype))
         if buf is None or buf.numel() < numel:
@@ -211,8 +211,7 @@ class _NormLinear(torch.autograd.Function):
         grad_a1, grad_w1, grad_b1 = _linear_grads(grad1, a1, w1, (True, need[5], need[6] and ctx.has_b1))
         del a1
         if ws:
-            pad_hw = (ceil_div(H, ws) * ws, ceil_div(W, ws) * ws)
-            grad_y = window_unpartition(grad_a1, ws, pad_hw, (H, W))
+            grad_y = window_unpartition(grad_a1, ws, padded_hw(H, W, ws), (H, W))
         else:
             grad_y = grad_a1
         del grad_a1
@@ -239,9 +238,7 @@ def norm_linear_ok(norm: nn.Module, x: torch.Tensor, *linears: Optional[nn.Modul
         or len(norm.normalized_shape) != 1
         or x.dim() != 4
         or torch.is_autocast_enabled("cpu")
-        or torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
+        or capturing_graph()
         or has_hooks(norm, *linears)
     ):
         return False

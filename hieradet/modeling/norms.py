@@ -10,6 +10,8 @@ per-position mean and inverse standard deviation; its backward recomputes the no
 import torch
 from detectron2.layers.batch_norm import LayerNorm as _D2LayerNorm
 
+from .windows import capturing_graph
+
 __all__ = ["ChannelLayerNorm", "channel_layer_norm"]
 
 
@@ -66,10 +68,6 @@ class _ChannelLayerNormFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-
-
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """LayerNorm of a (N, C, *spatial) tensor over its channel axis C, with a per-channel ``weight`` and ``bias``.
 
@@ -89,7 +87,7 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}: build the norm with the "
             f"channel count of the layer that feeds it (ChannelLayerNorm(normalized_shape=C))"
         )
-    if _tracing():
+    if capturing_graph():
         shape = _affine_shape(x)
         mean = x.mean(1, keepdim=True)
         rstd = torch.rsqrt((x - mean).square().mean(1, keepdim=True) + eps)

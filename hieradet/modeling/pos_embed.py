@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import needs_grad
-from .windows import ceil_div, is_static
+from .windows import capturing_graph, ceil_div, is_static
 
 __all__ = [
     "AbsWinPosEmbed",
@@ -61,11 +61,6 @@ def _pair(x) -> Optional[Tuple[int, int]]:
     if isinstance(x, int):
         return (x, x)
     return (int(x[0]), int(x[1]))
-
-
-def _tracing() -> bool:
-    """Whether a graph is being captured (``torch.jit`` / ``torch.compile`` / ``torch.export``): nothing cached."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
 def tile_embed(embed: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -180,7 +175,7 @@ class AbsWinPosEmbed(nn.Module):
         op on the map would pay for the transposed access).
         """
         params = [p for p in (self.window_embed, self.global_embed) if p is not None]
-        if needs_grad(*params) or not is_static(*hw) or _tracing():
+        if needs_grad(*params) or not is_static(*hw) or capturing_graph():  # nothing cached in a graph
             return self.embed(hw, mode).permute(0, 2, 3, 1).contiguous()
         mode = self.mode if mode is None else mode
         key = (int(hw[0]), int(hw[1]), mode, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 __all__ = [
     "avg_pool_hw",
+    "capturing_graph",
     "ceil_div",
     "crop_hw",
     "is_static",
+    "padded_hw",
     "pool_hw",
     "window_partition",
     "window_unpartition",
@@ -38,9 +40,20 @@ def is_static(*sizes) -> bool:
     return not any(isinstance(s, torch.SymInt) for s in sizes)
 
 
+def capturing_graph() -> bool:
+    """Whether a graph is being captured (``torch.jit`` trace / script, ``torch.compile``, ``torch.export``): the
+    eager-only paths (inference caches and workspaces, custom autograd functions) step aside."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def ceil_div(n, d: int):
     """``ceil(n / d)`` for a (possibly symbolic) size ``n`` and a positive int ``d``."""
     return (n + d - 1) // d
+
+
+def padded_hw(h, w, window_size: int):
+    """The map size (Hp, Wp) that :func:`window_partition` pads ``h`` x ``w`` to: the next multiples of the window."""
+    return ceil_div(h, window_size) * window_size, ceil_div(w, window_size) * window_size
 
 
 def crop_hw(x: torch.Tensor, h, w, dims: Tuple[int, int] = (1, 2)) -> torch.Tensor:
@@ -124,9 +137,7 @@ def pool_hw(x: torch.Tensor, stride: int) -> torch.Tensor:
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and 1 < stride <= 16
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
+        and not capturing_graph()
     ):
         return _PoolHW.apply(x, stride)
     return _pool_hw(x, stride)
@@ -183,8 +194,8 @@ def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, T
     Returns the windows and the padded size (Hp, Wp).
     """
     B, H, W, C = x.shape
-    nh, nw = ceil_div(H, window_size), ceil_div(W, window_size)
-    Hp, Wp = nh * window_size, nw * window_size
+    Hp, Wp = padded_hw(H, W, window_size)
+    nh, nw = Hp // window_size, Wp // window_size
     if not is_static(H, W) or Hp > H or Wp > W:
         x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
     x = x.view(B, nh, window_size, nw, window_size, C).permute(0, 1, 3, 2, 4, 5)
